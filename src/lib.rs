@@ -1,0 +1,5 @@
+//! synback: verified, compressed snapshot backups to a Synology NAS.
+//!
+//! See `README.md` for the user's view and `docs/` for the design notes.
+
+pub mod secret;

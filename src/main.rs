@@ -1,5 +1,12 @@
-//! The `synback` command-line program: parses arguments and hands over to the library.
+//! The `synback` command-line program.
+//!
+//! Thin by design: parse arguments, set up logging, call the library, print
+//! the outcome and map it to an exit code. No backup logic lives here.
 
-fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    cli::main()
 }

@@ -3,3 +3,4 @@
 //! See `README.md` for the user's view and `docs/` for the design notes.
 
 pub mod secret;
+pub mod totp;

@@ -1,0 +1,53 @@
+//! The archive layer: source walk → tar → zstd → optional age → volumes,
+//! with MD5 and SHA-256 computed while bytes flow; and the way back
+//! (decrypt → decompress → safe extraction, or listing).
+//!
+//! This module owns the archive *format* and the local file system side of
+//! backups. It must not depend on the network, the DSM client, the remote
+//! layout (volume and snapshot naming belong to `repo`) or the CLI. All of
+//! it is synchronous and CPU- or disk-bound: async callers run it inside
+//! `tokio::task::spawn_blocking` and stop it with a `CancellationToken`.
+//!
+//! # Format
+//! A standard stream that needs no synback to restore:
+//! `cat VOLUMES… | [age -d -i KEY |] zstd -d | tar -x`.
+//! - tar: ustar headers, plus PAX records when a value does not fit (long
+//!   names and link targets, sizes ≥ 8 GiB, large ids, times before 1970);
+//!   mtimes in whole seconds; directories end in `/`; hard links are stored
+//!   once and then as link entries.
+//! - Every source root is stored under its own top-level prefix (its last
+//!   path component, made unique with `-2`, `-3`…), recorded in the
+//!   [`Manifest`].
+//! - zstd with frame checksums; age (X25519 recipients or a passphrase)
+//!   around the zstd stream when encryption is on.
+//!
+//! # Exclude patterns
+//! A pattern without `/` matches a name at any depth (`*.tmp`); with a `/`
+//! inside, the path relative to the source root (`**/node_modules`,
+//! `docs/*.pdf`); starting with `/`, the absolute path. A trailing `/`
+//! matches directories only (`cache/`). `*` does not cross `/`, `**` does.
+
+mod crypt;
+mod error;
+mod extract;
+mod filter;
+mod manifest;
+mod names;
+mod pack;
+mod tarw;
+mod unpack;
+mod volume;
+
+pub use crypt::{DecryptKey, parse_recipient};
+pub use error::{Error, Result};
+pub use extract::{Skipped, UnpackOptions, UnpackSummary, unpack};
+pub use manifest::{
+    ArchiveDigest, Compression, Encryption, MANIFEST_FORMAT, Manifest, SnapshotMeta, Timings,
+    VolumeRecord,
+};
+pub use pack::{
+    Issue, IssueKind, MAX_ISSUES, PackCounts, PackOptions, PackProgress, PackSummary, SourcePrefix,
+    pack,
+};
+pub use unpack::{EntryInfo, EntryKind, ListOptions, ListSummary, list};
+pub use volume::{FileSink, HashingReader, VolumeInfo, VolumeSink, WriterSink};

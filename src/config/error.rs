@@ -35,23 +35,30 @@ pub enum Error {
         /// What the TOML reader said.
         message: String,
     },
-    /// The TOML is well formed but a value cannot be used.
-    #[error("{}: {field}: {reason} (hint: {hint})", Location { path, line: *line })]
-    Invalid {
-        /// The config file.
-        path: PathBuf,
-        /// 1-based line of the offending value, when known.
-        line: Option<usize>,
-        /// The key, e.g. `nas.url` or `job[home].path`.
-        field: String,
-        /// What is wrong with it.
-        reason: String,
-        /// What to write instead.
-        hint: String,
-        /// The underlying cause (I/O, glob or cron error), when there is one.
-        #[source]
-        source: Option<Cause>,
-    },
+    /// The TOML is well formed but a value cannot be used (boxed: it is
+    /// the biggest variant and errors travel through many `Result`s).
+    #[error(transparent)]
+    Invalid(Box<Invalid>),
+}
+
+/// A value that cannot be used, where it is, and what to write instead.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {field}: {reason} (hint: {hint})", Location { path, line: *line })]
+#[non_exhaustive]
+pub struct Invalid {
+    /// The config file.
+    pub path: PathBuf,
+    /// 1-based line of the offending value, when known.
+    pub line: Option<usize>,
+    /// The key, e.g. `nas.url` or `job[home].path`.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+    /// What to write instead.
+    pub hint: String,
+    /// The underlying cause (I/O, glob or cron error), when there is one.
+    #[source]
+    pub source: Option<Cause>,
 }
 
 impl Error {
@@ -60,14 +67,15 @@ impl Error {
         match self {
             Self::Read { .. } => None,
             Self::Parse { line, .. } => Some(*line),
-            Self::Invalid { line, .. } => *line,
+            Self::Invalid(invalid) => invalid.line,
         }
     }
 
     /// The config file the error is about.
     pub fn path(&self) -> &Path {
         match self {
-            Self::Read { path, .. } | Self::Parse { path, .. } | Self::Invalid { path, .. } => path,
+            Self::Read { path, .. } | Self::Parse { path, .. } => path,
+            Self::Invalid(invalid) => &invalid.path,
         }
     }
 }
@@ -203,14 +211,14 @@ impl Origin {
         reason: impl Into<String>,
         hint: impl Into<String>,
     ) -> Error {
-        Error::Invalid {
+        Error::Invalid(Box::new(Invalid {
             path: self.path.clone(),
             line: self.line(span),
             field: field.into(),
             reason: reason.into(),
             hint: hint.into(),
             source: None,
-        }
+        }))
     }
 
     /// A [`Note`] pointing at `span`.
@@ -230,7 +238,7 @@ impl Origin {
 
     /// Turns a TOML reader error into [`Error::Parse`], or into
     /// [`Error::Invalid`] with a suggestion for unknown keys.
-    pub(crate) fn from_toml(&self, err: &toml::de::Error) -> Error {
+    pub(crate) fn toml_error(&self, err: &toml::de::Error) -> Error {
         let (line, column) = err
             .span()
             .and_then(|s| self.line_col(s.start))
@@ -268,14 +276,14 @@ impl Origin {
             Some(best) => format!("did you mean `{best}`? valid keys {where_}: {valid}"),
             None => format!("valid keys {where_}: {valid}"),
         };
-        Error::Invalid {
+        Error::Invalid(Box::new(Invalid {
             path: self.path.clone(),
             line: Some(line),
             field,
             reason: format!("unknown key `{}`", unknown.key),
             hint,
             source: None,
-        }
+        }))
     }
 }
 

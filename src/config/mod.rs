@@ -57,7 +57,7 @@ mod validate;
 use std::path::Path;
 
 pub use env::{ConfigEnv, default_state_dir};
-pub use error::{Cause, Error, Note};
+pub use error::{Cause, Error, Invalid, Note};
 pub use raw::{
     RawCompression, RawConfig, RawDaemon, RawEncryption, RawHooks, RawJob, RawLock, RawNas,
     RawRetention, RawRetry, RawState, SpannedString,

@@ -56,24 +56,11 @@ impl Ctx<'_> {
         hint: impl Into<String>,
         cause: impl Into<Cause>,
     ) -> Error {
-        match self.origin.invalid(span, field, reason, hint) {
-            Error::Invalid {
-                path,
-                line,
-                field,
-                reason,
-                hint,
-                ..
-            } => Error::Invalid {
-                path,
-                line,
-                field,
-                reason,
-                hint,
-                source: Some(cause.into()),
-            },
-            other => other,
+        let mut err = self.origin.invalid(span, field, reason, hint);
+        if let Error::Invalid(invalid) = &mut err {
+            invalid.source = Some(cause.into());
         }
+        err
     }
 
     /// Records a warning at `span`.
@@ -235,7 +222,7 @@ impl RawConfig {
     /// closest valid key and the list of valid ones.
     pub fn from_toml_str(text: &str, path: impl AsRef<Path>) -> Result<Self, Error> {
         let origin = Origin::new(path.as_ref(), text);
-        let mut raw: Self = toml::from_str(text).map_err(|e| origin.from_toml(&e))?;
+        let mut raw: Self = toml::from_str(text).map_err(|e| origin.toml_error(&e))?;
         raw.origin = origin;
         Ok(raw)
     }

@@ -3,5 +3,6 @@
 //! See `README.md` for the user's view and `docs/` for the design notes.
 
 pub mod archive;
+pub mod config;
 pub mod secret;
 pub mod totp;

@@ -2,5 +2,6 @@
 //!
 //! See `README.md` for the user's view and `docs/` for the design notes.
 
+pub mod dsm;
 pub mod secret;
 pub mod totp;

@@ -4,5 +4,6 @@
 
 pub mod archive;
 pub mod config;
+pub mod dsm;
 pub mod secret;
 pub mod totp;

@@ -122,11 +122,21 @@ impl fmt::Display for Location<'_> {
 
 /// Where a config came from: the file name used in messages and the start
 /// of every line, to turn byte offsets (TOML spans) into line numbers.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub(crate) struct Origin {
     pub(crate) path: PathBuf,
     line_starts: Vec<usize>,
     text: String,
+}
+
+impl fmt::Debug for Origin {
+    /// The path only: the text may hold a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Origin")
+            .field("path", &self.path)
+            .field("lines", &self.line_starts.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Origin {
@@ -255,8 +265,27 @@ impl Origin {
             path: self.path.clone(),
             line,
             column,
-            message: err.message().trim_end().to_owned(),
+            message: self.explain(err),
         }
+    }
+
+    /// The TOML reader's message, made plainer: the duplicated key is
+    /// named, and Rust type names become words.
+    fn explain(&self, err: &toml::de::Error) -> String {
+        let message = err.message().trim_end();
+        if message == "duplicate key" {
+            let key = err
+                .span()
+                .and_then(|s| self.text.get(s))
+                .map(|k| k.trim().trim_matches(['"', '\'']))
+                .unwrap_or_default();
+            return format!("duplicate key `{key}`: it is already set in this table; keep one");
+        }
+        ["i64", "u32", "u64", "i32", "usize"]
+            .iter()
+            .fold(message.to_owned(), |m, ty| {
+                m.replace(&format!("expected {ty}"), "expected an integer")
+            })
     }
 
     fn unknown_key(&self, unknown: &UnknownKey, line: usize) -> Error {

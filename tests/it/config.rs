@@ -952,3 +952,21 @@ fn duplicate_key_is_named() {
     assert_eq!(err.line(), Some(line_of(&text, "\"other\"")));
     assert!(err.to_string().contains("duplicate key `share`"), "{err}");
 }
+
+#[test]
+fn unknown_key_in_an_inline_or_dotted_table() {
+    let text = with_job("compression = { leve = 3 }");
+    invalid(
+        &text,
+        "job.compression.leve",
+        "leve",
+        "valid keys in [job.compression]: level",
+    );
+    let text = with_job("compression.leve = 3");
+    invalid(
+        &text,
+        "job.compression.leve",
+        "leve",
+        "did you mean `level`?",
+    );
+}

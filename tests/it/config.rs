@@ -970,3 +970,22 @@ fn unknown_key_in_an_inline_or_dotted_table() {
         "did you mean `level`?",
     );
 }
+
+#[test]
+fn select_jobs_by_name() {
+    let c = Config::load(
+        example_path(),
+        &ConfigEnv::new().with_var("SYNBACK_PASSWORD", "x"),
+    )
+    .unwrap();
+    let none: [&str; 0] = [];
+    assert_eq!(c.select_jobs(&none).unwrap().len(), 2);
+    let picked = c.select_jobs(&["home"]).unwrap();
+    assert_eq!(picked[0].name, "home");
+    let err = c.select_jobs(&["hom"]).unwrap_err();
+    assert_eq!(err.suggestion.as_deref(), Some("home"));
+    assert_eq!(
+        err.to_string(),
+        "no job named `hom` (did you mean `home`?); jobs in the config: system, home"
+    );
+}

@@ -122,11 +122,32 @@ impl fmt::Display for Location<'_> {
 
 /// Where a config came from: the file name used in messages and the start
 /// of every line, to turn byte offsets (TOML spans) into line numbers.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct Origin {
     pub(crate) path: PathBuf,
     line_starts: Vec<usize>,
     text: String,
+}
+
+impl Default for Origin {
+    /// A config built by hand: no text, and a placeholder name for messages.
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("<config>"),
+            line_starts: vec![0],
+            text: String::new(),
+        }
+    }
+}
+
+impl fmt::Debug for Origin {
+    /// The path only: the text may hold a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Origin")
+            .field("path", &self.path)
+            .field("lines", &self.line_starts.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Origin {
@@ -249,18 +270,62 @@ impl Origin {
                 .map(|_| line)
                 .or_else(|| self.find_key_line(&unknown.key))
                 .unwrap_or(line);
-            return self.unknown_key(&unknown, line);
+            let table = self.table_at(err.span().map(|s| s.start), line);
+            return self.unknown_key(&unknown, &table, line);
         }
         Error::Parse {
             path: self.path.clone(),
             line,
             column,
-            message: err.message().trim_end().to_owned(),
+            message: self.explain(err),
         }
     }
 
-    fn unknown_key(&self, unknown: &UnknownKey, line: usize) -> Error {
+    /// The TOML reader's message, made plainer: the duplicated key is
+    /// named, and Rust type names become words.
+    fn explain(&self, err: &toml::de::Error) -> String {
+        let message = err.message().trim_end();
+        if message == "duplicate key" {
+            let key = err
+                .span()
+                .and_then(|s| self.text.get(s))
+                .map(|k| k.trim().trim_matches(['"', '\'']))
+                .unwrap_or_default();
+            return format!("duplicate key `{key}`: it is already set in this table; keep one");
+        }
+        ["i64", "u32", "u64", "i32", "usize"]
+            .iter()
+            .fold(message.to_owned(), |m, ty| {
+                m.replace(&format!("expected {ty}"), "expected an integer")
+            })
+    }
+
+    /// The dotted name of the table an unknown key at `offset` (on `line`)
+    /// sits in: the last header before it, plus an inline table
+    /// (`compression = { ... }`) or dotted key (`compression.level`) prefix.
+    fn table_at(&self, offset: Option<usize>, line: usize) -> String {
         let table = self.table_before(line);
+        let start = self.line_starts.get(line - 1).copied().unwrap_or(0);
+        let before = offset
+            .and_then(|end| self.text.get(start..end))
+            .unwrap_or_default();
+        let inner = match before.rsplit_once('{') {
+            Some((head, _)) => head.trim_end().trim_end_matches('=').trim(),
+            None if before.trim_end().ends_with('.') => {
+                let dotted = before.trim_end().trim_end_matches('.');
+                dotted.rsplit([' ', '\t', ',']).next().unwrap_or_default()
+            }
+            None => "",
+        };
+        let inner = inner.rsplit([' ', '\t', ',']).next().unwrap_or_default();
+        match (table.is_empty(), inner.is_empty()) {
+            (_, true) => table,
+            (true, false) => inner.to_owned(),
+            (false, false) => format!("{table}.{inner}"),
+        }
+    }
+
+    fn unknown_key(&self, unknown: &UnknownKey, table: &str, line: usize) -> Error {
         let field = if table.is_empty() {
             unknown.key.clone()
         } else {

@@ -67,7 +67,7 @@ pub use size::{SizeError, parse_size};
 pub use types::{
     Compression, Config, DaemonConfig, Encryption, Hooks, JobConfig, JobSchedule, LogFormat,
     NasConfig, NasUrl, PasswordSource, Retention, RetryConfig, Scheme, Timeouts, TlsConfig,
-    UploadMode,
+    UnknownJob, UploadMode,
 };
 
 impl Config {

@@ -166,6 +166,8 @@ fn password(ctx: &mut Ctx<'_>, raw: &RawNas) -> Result<(Secret, PasswordSource),
     .into_iter()
     .filter_map(|(key, span)| span.map(|s| (key, s)))
     .collect();
+    let mut given = given;
+    given.sort_by_key(|(_, span)| span.start);
     match given.as_slice() {
         [] => {
             return Err(ctx.invalid(
@@ -361,7 +363,7 @@ fn otp_secret(ctx: &mut Ctx<'_>, raw: &RawNas) -> Result<Option<Secret>, Error> 
             Some(file.span()),
             field,
             format!("`{}` does not hold a base32 TOTP secret", path.display()),
-            "put the secret shown when 2-step verification was set up (letters A-Z and digits 2-7); or run `synback login` once and remove this key",
+            "put the base32 secret shown when 2-step verification was set up (letters A-Z and digits 2-7); or run `synback login` once and remove this key",
             e,
         )
     })?;

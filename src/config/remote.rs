@@ -102,4 +102,16 @@ mod tests {
         assert_eq!(normalise_share("/"), Err(RemoteError::Empty));
         assert_eq!(normalise_share(".."), Err(RemoteError::ParentDir));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn normalised_paths_are_clean(raw in "[a-z./]{0,24}") {
+            if let Ok(n) = normalise_path(&raw) {
+                proptest::prop_assert!(!n.value.starts_with('/') && !n.value.ends_with('/'));
+                proptest::prop_assert!(!n.value.contains("//"));
+                proptest::prop_assert!(n.value.split('/').all(|s| s != ".." && s != "."));
+                proptest::prop_assert_eq!(n.changed, n.value != raw);
+            }
+        }
+    }
 }

@@ -145,4 +145,18 @@ mod tests {
         assert_eq!(HumanSize(512).to_string(), "512 B");
         assert_eq!(HumanSize(1 << 30).to_string(), "1.0 GiB");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn whole_units_round_trip(n in 0u64..1_000_000) {
+            proptest::prop_assert_eq!(parse_size(&format!("{n}")), Ok(n));
+            proptest::prop_assert_eq!(parse_size(&format!("{n} KiB")), Ok(n * 1024));
+            proptest::prop_assert_eq!(parse_size(&format!("{n}MB")), Ok(n * 1_000_000));
+        }
+
+        #[test]
+        fn never_panics(text in "\\PC{0,16}") {
+            let _ = parse_size(&text);
+        }
+    }
 }

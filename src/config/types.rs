@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono_tz::Tz;
 
-use super::error::Note;
+use super::error::{Note, closest};
 use crate::secret::Secret;
 
 /// A validated config, ready to use.
@@ -38,6 +38,49 @@ impl Config {
     pub fn job(&self, name: &str) -> Option<&JobConfig> {
         self.jobs.iter().find(|j| j.name == name)
     }
+
+    /// The jobs named on a command line (`synback backup [JOB...]`), in the
+    /// order given; every job when `names` is empty.
+    ///
+    /// # Errors
+    /// [`UnknownJob`] for the first name that is not a job, with the closest
+    /// job name when one is near.
+    pub fn select_jobs<S: AsRef<str>>(&self, names: &[S]) -> Result<Vec<&JobConfig>, UnknownJob> {
+        if names.is_empty() {
+            return Ok(self.jobs.iter().collect());
+        }
+        names
+            .iter()
+            .map(|name| {
+                let name = name.as_ref();
+                self.job(name).ok_or_else(|| {
+                    let known: Vec<String> = self.jobs.iter().map(|j| j.name.clone()).collect();
+                    UnknownJob {
+                        name: name.to_owned(),
+                        suggestion: closest(name, &known).map(str::to_owned),
+                        known,
+                    }
+                })
+            })
+            .collect()
+    }
+}
+
+/// A job name that is not in the config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "no job named `{name}`{}; jobs in the config: {}",
+    suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default(),
+    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+)]
+#[non_exhaustive]
+pub struct UnknownJob {
+    /// The name asked for.
+    pub name: String,
+    /// The closest job name, when one is near.
+    pub suggestion: Option<String>,
+    /// Every job name in the config.
+    pub known: Vec<String>,
 }
 
 /// `[nas]`, resolved.

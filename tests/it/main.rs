@@ -1,3 +1,5 @@
 //! Integration tests, one module per topic.
 
 mod archive;
+//! Integration tests, one module per topic, built into one binary.
+mod config;

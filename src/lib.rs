@@ -2,5 +2,7 @@
 //!
 //! See `README.md` for the user's view and `docs/` for the design notes.
 
+#[cfg(feature = "emulator")]
+pub mod emulator;
 pub mod secret;
 pub mod totp;

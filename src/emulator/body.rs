@@ -90,7 +90,7 @@ impl Guard {
         if self.fail_next {
             return None;
         }
-        let mut bytes = match self.inner.next().await? {
+        let bytes = match self.inner.next().await? {
             Ok(bytes) => bytes,
             Err(err) => {
                 self.fail_next = true;
@@ -104,15 +104,13 @@ impl Guard {
             self.fail_next = true;
             return Some(Err(io::Error::other("request body too large")));
         }
-        if let Some(limit) = self.limits.drop_after.filter(|limit| after > *limit) {
+        if self.limits.drop_after.is_some_and(|limit| after > limit) {
+            // Cut at the first chunk that crosses the limit: its bytes are
+            // never delivered, so at most `limit` bytes reach the handler.
             self.stats.set_trip(Trip::Dropped);
             self.limits.kill.kill();
             self.fail_next = true;
-            let keep = usize::try_from(limit.saturating_sub(before)).unwrap_or(0);
-            if keep == 0 {
-                return Some(Err(io::Error::other("connection dropped by a fault")));
-            }
-            bytes.truncate(keep);
+            return Some(Err(io::Error::other("connection dropped by a fault")));
         }
         self.stats
             .bytes

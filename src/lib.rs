@@ -3,5 +3,7 @@
 //! See `README.md` for the user's view and `docs/` for the design notes.
 
 pub mod dsm;
+#[cfg(feature = "emulator")]
+pub mod emulator;
 pub mod secret;
 pub mod totp;

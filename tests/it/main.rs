@@ -1,0 +1,4 @@
+//! Integration tests, one module per topic.
+
+mod dsm;
+mod emulator;

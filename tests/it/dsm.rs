@@ -367,6 +367,12 @@ async fn busy_codes_and_502s_are_retried() {
             client.list(&format!("/backup/d{i}")).await.unwrap().len(),
             1
         );
+        let mut out = Vec::new();
+        client
+            .download(&format!("/backup/d{i}/x"), &mut out)
+            .await
+            .unwrap();
+        assert_eq!(out, b"abc");
     }
     let log = nas.emu.request_log();
     assert!(
@@ -741,4 +747,106 @@ async fn bounded_memory_1_gib() {
     if let Some(after) = after {
         assert!(after < 32 * 1024, "peak RSS {after} KiB");
     }
+}
+
+/// What the DSM 6 mock saw.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<std::collections::HashMap<String, String>>>>;
+
+/// A minimal DSM 6.1 (Auth v3 at `auth.cgi`, no `requestFormat`) that records
+/// every form it gets and answers login and list.
+async fn dsm6_mock(seen: Seen) -> SocketAddr {
+    use axum::{Form, Json, Router, routing::post};
+    use serde_json::json;
+    use std::collections::HashMap;
+    let record = move |seen: Seen| {
+        move |Form(form): Form<HashMap<String, String>>| {
+            let seen = seen.clone();
+            async move {
+                let reply = match form.get("method").map(String::as_str) {
+                    Some("query") => json!({"success": true, "data": {
+                        "SYNO.API.Auth": {"path": "auth.cgi", "minVersion": 1, "maxVersion": 3},
+                        "SYNO.FileStation.List": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 2},
+                        "SYNO.FileStation.Upload": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 2}
+                    }}),
+                    Some("login") => json!({"success": true, "data": {"sid": "dsm6-sid"}}),
+                    Some("list") => json!({"success": true, "data": {"files": [
+                        {"isdir": false, "name": "a", "path": "/backup/x,y/a", "additional": {"size": 3}}
+                    ], "offset": 0, "total": 1}}),
+                    _ => json!({"success": false, "error": {"code": 103}}),
+                };
+                seen.lock().unwrap().push(form);
+                Json(reply)
+            }
+        }
+    };
+    let router = Router::new()
+        .route("/webapi/query.cgi", post(record(seen.clone())))
+        .route("/webapi/auth.cgi", post(record(seen.clone())))
+        .route("/webapi/entry.cgi", post(record(seen)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+#[tokio::test]
+async fn dsm6_gets_auth_v3_and_plain_values() {
+    let seen = Seen::default();
+    let addr = dsm6_mock(seen.clone()).await;
+    let client = Client::connect(opts_for(format!("http://{addr}")))
+        .await
+        .unwrap();
+    assert_eq!(client.apis().get("SYNO.API.Auth").unwrap().version, 3);
+    let entries = client.list("/backup/x,y").await.unwrap();
+    assert_eq!(entries[0].size, Some(3));
+    let err = client.nas_info().await.unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err:?}");
+
+    let seen = seen.lock().unwrap();
+    let login = seen
+        .iter()
+        .find(|f| f.get("method").map(String::as_str) == Some("login"))
+        .unwrap();
+    assert_eq!(login["version"], "3");
+    assert_eq!(login["passwd"], PASSWORD);
+    assert_eq!(login["format"], "sid");
+    let list = seen
+        .iter()
+        .find(|f| f.get("method").map(String::as_str) == Some("list"))
+        .unwrap();
+    assert_eq!(list["folder_path"], "/backup/x,y");
+    assert_eq!(list["additional"], "[size,time]");
+    assert_eq!(list["_sid"], "dsm6-sid");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_share_one_re_login() {
+    let nas = start().await;
+    let client = connect(&nas).await;
+    for i in 0..8 {
+        client
+            .upload(
+                "/backup",
+                &format!("f{i}"),
+                bytes_body(b"x"),
+                UploadOptions::overwrite(),
+            )
+            .await
+            .unwrap();
+    }
+    let before = logins(&nas);
+    nas.emu.restart_sessions();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            client
+                .md5(&format!("/backup/f{i}"), &CancellationToken::new())
+                .await
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        assert_eq!(result.unwrap().unwrap(), md5_hex(b"x"));
+    }
+    assert_eq!(logins(&nas) - before, 1, "one re-login serves every task");
 }

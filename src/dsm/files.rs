@@ -174,6 +174,7 @@ impl Client {
     ///
     /// # Cancel safety
     /// Dropping the future may leave a delete task running on the NAS.
+    #[tracing::instrument(level = "debug", skip_all, fields(recursive = recursive))]
     pub async fn delete(&self, paths: &[&str], recursive: bool) -> Result<()> {
         let paths = normalise_all(paths)?;
         if let Some(share) = paths.iter().find(|p| p.is_share()) {
@@ -219,6 +220,7 @@ impl Client {
     ///
     /// # Cancel safety
     /// Use `cancel` to stop: dropping the future leaves the task running.
+    #[tracing::instrument(level = "debug", skip_all, fields(path = %path))]
     pub async fn md5(&self, path: &str, cancel: &CancellationToken) -> Result<String> {
         let path = RemotePath::parse(path)?;
         let start: TaskStart = self

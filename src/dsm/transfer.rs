@@ -109,6 +109,7 @@ impl Client {
     /// # Cancel safety
     /// Dropping the future aborts the transfer; DSM discards a partial upload
     /// or leaves a partial file that a later overwrite replaces.
+    #[tracing::instrument(level = "debug", skip_all, fields(folder = %folder, name = %name))]
     pub async fn upload(
         &self,
         folder: &str,
@@ -266,6 +267,7 @@ impl Client {
     ///
     /// # Cancel safety
     /// Dropping the future stops the download; `out` holds a prefix.
+    #[tracing::instrument(level = "debug", skip_all, fields(path = %path))]
     pub async fn download(&self, path: &str, mut out: impl AsyncWrite + Unpin) -> Result<u64> {
         let mut stream = self.download_stream(path).await?;
         let mut total = 0u64;
@@ -281,6 +283,7 @@ impl Client {
             what: format!("writing download of {path}"),
             source,
         })?;
+        tracing::debug!(bytes = total, "downloaded");
         Ok(total)
     }
 

@@ -159,6 +159,13 @@ async fn describe_nas(client: &Client, findings: &mut Vec<Finding>) {
             "not needed for backups",
         )),
     }
+    match client.dsm_info().await {
+        Ok(info) => findings.push(Finding::info(format!(
+            "{} running {}",
+            info.model, info.version_string
+        ))),
+        Err(err) => tracing::debug!(error = %err, "SYNO.DSM.Info not available"),
+    }
     let versions = client.apis().versions();
     if let Some((_, auth)) = versions.iter().find(|(name, _)| *name == api::AUTH) {
         findings.push(Finding::info(format!(

@@ -274,6 +274,18 @@ pub enum Error {
         path: String,
     },
 
+    /// The NAS's web front-end or a reverse proxy refused the upload's size.
+    #[error(
+        "{path}: the upload was refused with HTTP {status} (request too large for the NAS's \
+         web front-end or a reverse proxy); use a smaller volume_size"
+    )]
+    UploadTooLarge {
+        /// The remote path of the upload.
+        path: String,
+        /// The HTTP status (413 or 504).
+        status: u16,
+    },
+
     /// Nothing moved for longer than the idle timeout, or a call took too long.
     #[error("{api}.{method}: no progress for {after:?}")]
     Timeout {

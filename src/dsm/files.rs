@@ -12,7 +12,8 @@ use super::error::{Error, Result};
 use super::params::Params;
 use super::path::{RemotePath, check_name};
 use super::wire::{
-    FileEntry, FileInfo, InfoReply, ListPage, NasInfo, SharePage, TaskStart, TaskStatus, WireEntry,
+    DsmInfo, FileEntry, FileInfo, InfoReply, ListPage, NasInfo, SharePage, TaskStart, TaskStatus,
+    WireEntry,
 };
 
 /// Entries asked per `list` page (DSM's default page is small).
@@ -32,6 +33,18 @@ impl Client {
     /// Safe to drop.
     pub async fn nas_info(&self) -> Result<NasInfo> {
         self.call(api::FS_INFO, "get", Params::new()).await
+    }
+
+    /// The NAS's model and DSM version (`SYNO.DSM.Info`).
+    ///
+    /// # Errors
+    /// Any [`Error`] from the call; some DSM setups refuse it (105) to
+    /// non-administrators.
+    ///
+    /// # Cancel safety
+    /// Safe to drop.
+    pub async fn dsm_info(&self) -> Result<DsmInfo> {
+        self.call(api::DSM_INFO, "getinfo", Params::new()).await
     }
 
     /// The shared folders the account can see (every page).

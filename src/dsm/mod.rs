@@ -79,4 +79,4 @@ pub use params::Format;
 pub use path::{RemotePath, check_name};
 pub use tls::cert_sha256_hex;
 pub use transfer::{ByteStream, UploadBody, UploadOptions};
-pub use wire::{FileEntry, FileInfo, NasInfo};
+pub use wire::{DsmInfo, FileEntry, FileInfo, NasInfo};

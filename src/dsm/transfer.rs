@@ -242,7 +242,7 @@ impl Client {
         let request = with_token(request, Some(session));
         let idle = self.inner.timeouts.idle;
         let response = watch_idle(request.send(), &progress, idle, api::UPLOAD, "upload").await?;
-        check_status(api::UPLOAD, "upload", response.status())?;
+        check_upload_status(target, response.status())?;
         let reply = watch_idle(response.bytes(), &progress, idle, api::UPLOAD, "upload").await?;
         match decode::<serde_json::Value>(api::UPLOAD, "upload", &reply) {
             Ok(_) => Ok(progress.bytes()),
@@ -328,6 +328,18 @@ impl Client {
             expected,
             path.to_string(),
         ))
+    }
+}
+
+/// HTTP 413 (proxy) and 504 (DSM's front-end giving up on a huge body) mean
+/// the request is too large: sending it again would fail again.
+fn check_upload_status(target: &RemotePath, status: reqwest::StatusCode) -> Result<()> {
+    match status.as_u16() {
+        413 | 504 => Err(Error::UploadTooLarge {
+            path: target.to_string(),
+            status: status.as_u16(),
+        }),
+        _ => check_status(api::UPLOAD, "upload", status),
     }
 }
 

@@ -637,6 +637,7 @@ async fn diagnose_reports_the_nas_and_the_target() {
     );
     assert!(text.iter().any(|t| t.contains("synback-emu")), "{text:#?}");
     assert!(text.iter().any(|t| t.contains("DSM 7")), "{text:#?}");
+    assert!(text.iter().any(|t| t.contains("DS920+")), "{text:#?}");
     assert!(
         text.iter().any(|t| t.contains("does not exist yet")),
         "{text:#?}"
@@ -849,4 +850,28 @@ async fn concurrent_calls_share_one_re_login() {
         assert_eq!(result.unwrap().unwrap(), md5_hex(b"x"));
     }
     assert_eq!(logins(&nas) - before, 1, "one re-login serves every task");
+}
+
+#[tokio::test]
+async fn oversize_uploads_fail_once_with_advice() {
+    let nas = start().await;
+    let client = connect(&nas).await;
+    for status in [413u16, 504] {
+        nas.emu.faults().update(|f| {
+            f.max_request_bytes = Some(10_000);
+            f.oversize_status = status;
+        });
+        let before = nas.emu.request_log().len();
+        let body = UploadBody::Bytes(Bytes::from(vec![0u8; 50_000]));
+        let err = client
+            .upload("/backup", "big", body, UploadOptions::overwrite())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::UploadTooLarge { status: s, .. } if s == status),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("volume_size"), "{err}");
+        assert_eq!(nas.emu.request_log().len() - before, 1, "not retried");
+    }
 }

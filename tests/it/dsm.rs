@@ -188,6 +188,42 @@ async fn every_call_round_trips() {
     client.logout().await.unwrap();
     // The next call logs in again by itself.
     assert!(client.list("/backup").await.unwrap().is_empty());
+    assert_wire_format(&nas);
+}
+
+/// Values are JSON for APIs whose `requestFormat` is JSON, plain for the
+/// others and for upload fields; the session travels as a POST parameter.
+fn assert_wire_format(nas: &Nas) {
+    let log = nas.emu.request_log();
+    let find = |api: &str, method: &str| {
+        log.iter()
+            .find(|r| r.api.as_deref() == Some(api) && r.method.as_deref() == Some(method))
+            .unwrap_or_else(|| panic!("no {api}.{method} call"))
+    };
+    let list = find("SYNO.FileStation.List", "list");
+    assert_eq!(list.params["folder_path"], "\"/backup/hosts/pi/job\"");
+    assert_eq!(list.params["additional"], r#"["size","time"]"#);
+    assert_eq!(list.http_method, "POST");
+    assert_eq!(list.sid_source.as_deref(), Some("param"));
+    let create = find("SYNO.FileStation.CreateFolder", "create");
+    assert_eq!(create.params["folder_path"], r#"["/backup"]"#);
+    assert_eq!(create.params["force_parent"], "false");
+    let md5 = find("SYNO.FileStation.MD5", "start");
+    assert_eq!(md5.params["file_path"], "\"/backup/hosts/pi/job/a.bin\"");
+    let download = find("SYNO.FileStation.Download", "download");
+    assert_eq!(download.params["path"], "[/backup/hosts/pi/job/a.bin]");
+    assert_eq!(download.params["mode"], "download");
+    let upload = find("SYNO.FileStation.Upload", "upload");
+    assert_eq!(upload.version, Some(3));
+    assert_eq!(upload.params["path"], "/backup/hosts/pi/job");
+    assert_eq!(upload.params["overwrite"], "overwrite");
+    assert_eq!(upload.params["mtime"], "1600000000000");
+    let login = find("SYNO.API.Auth", "login");
+    assert_eq!(login.version, Some(7));
+    assert!(
+        log.iter()
+            .all(|r| !r.path.contains('?') && !r.path.contains("sid"))
+    );
 }
 
 #[tokio::test]

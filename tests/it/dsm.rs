@@ -911,3 +911,54 @@ async fn oversize_uploads_fail_once_with_advice() {
         assert_eq!(nas.emu.request_log().len() - before, 1, "not retried");
     }
 }
+
+#[tokio::test]
+async fn stalled_transfers_hit_the_idle_timeout_and_slow_ones_do_not() {
+    let nas = start().await;
+    let mut o = opts(&nas);
+    o.retry = RetryPolicy::none();
+    o.timeouts.idle = Duration::from_millis(700);
+    let client = Client::connect(o).await.unwrap();
+    let data = Bytes::from(vec![5u8; 1 << 20]);
+    client
+        .upload(
+            "/backup",
+            "f",
+            UploadBody::Bytes(data.clone()),
+            UploadOptions::overwrite(),
+        )
+        .await
+        .unwrap();
+
+    // 4 MiB/s: a 256 KiB chunk every ~60 ms, well inside the idle timeout.
+    nas.emu.faults().update(|f| f.slow_kib_per_sec = Some(4096));
+    let mut out = Vec::new();
+    assert_eq!(
+        client.download("/backup/f", &mut out).await.unwrap(),
+        1 << 20
+    );
+    client
+        .upload(
+            "/backup",
+            "g",
+            UploadBody::Bytes(data.clone()),
+            UploadOptions::overwrite(),
+        )
+        .await
+        .unwrap();
+
+    // 1 KiB/s: the first chunk would take minutes.
+    nas.emu.faults().update(|f| f.slow_kib_per_sec = Some(1));
+    let err = client.download("/backup/f", Vec::new()).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    let err = client
+        .upload(
+            "/backup",
+            "h",
+            UploadBody::Bytes(data),
+            UploadOptions::overwrite(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+}

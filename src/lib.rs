@@ -5,5 +5,7 @@
 pub mod archive;
 pub mod config;
 pub mod dsm;
+#[cfg(feature = "emulator")]
+pub mod emulator;
 pub mod secret;
 pub mod totp;

@@ -13,6 +13,8 @@ use super::params::Format;
 pub(crate) const INFO: &str = "SYNO.API.Info";
 /// `SYNO.API.Auth`.
 pub(crate) const AUTH: &str = "SYNO.API.Auth";
+/// `SYNO.DSM.Info` (model and DSM version; optional).
+pub(crate) const DSM_INFO: &str = "SYNO.DSM.Info";
 /// `SYNO.FileStation.Info`.
 pub(crate) const FS_INFO: &str = "SYNO.FileStation.Info";
 /// `SYNO.FileStation.List`.
@@ -40,6 +42,7 @@ pub(crate) const DIR_SIZE: &str = "SYNO.FileStation.DirSize";
 /// `overwrite` as `overwrite`/`skip` instead of `true`/`false`.
 pub(crate) const WANTED: &[(&str, RangeInclusive<u32>)] = &[
     (AUTH, 3..=7),
+    (DSM_INFO, 1..=2),
     (FS_INFO, 1..=2),
     (LIST, 1..=2),
     (CREATE_FOLDER, 1..=2),

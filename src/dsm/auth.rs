@@ -100,17 +100,14 @@ impl Client {
             .str("enable_syno_token", "yes");
         match second {
             Second::None => {}
-            Second::Device(did) => {
-                params = params
-                    .secret("device_id", did)
-                    .str("device_name", self.inner.device_name.clone())
-            }
+            Second::Device(did) => params = params.secret("device_id", did),
             Second::Code(code) => params = params.secret("otp_code", code),
         }
         if self.inner.request_device_token {
-            params = params
-                .str("enable_device_token", "yes")
-                .str("device_name", self.inner.device_name.clone());
+            params = params.str("enable_device_token", "yes");
+        }
+        if self.inner.request_device_token || matches!(second, Second::Device(_)) {
+            params = params.str("device_name", self.inner.device_name.clone());
         }
         params
     }

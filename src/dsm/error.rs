@@ -274,6 +274,18 @@ pub enum Error {
         path: String,
     },
 
+    /// The NAS's web front-end or a reverse proxy refused the upload's size.
+    #[error(
+        "{path}: the upload was refused with HTTP {status} (request too large for the NAS's \
+         web front-end or a reverse proxy); use a smaller volume_size"
+    )]
+    UploadTooLarge {
+        /// The remote path of the upload.
+        path: String,
+        /// The HTTP status (413 or 504).
+        status: u16,
+    },
+
     /// Nothing moved for longer than the idle timeout, or a call took too long.
     #[error("{api}.{method}: no progress for {after:?}")]
     Timeout {
@@ -455,12 +467,13 @@ fn is_tls_refusal(err: &(dyn std::error::Error + 'static)) -> bool {
             return is_cert_error(tls);
         }
         // io::Error hides its inner error from `source()`; look inside.
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+        current = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
         {
-            return is_cert_error(tls);
-        }
-        current = e.source();
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     false
 }

@@ -12,7 +12,8 @@ use super::error::{Error, Result};
 use super::params::Params;
 use super::path::{RemotePath, check_name};
 use super::wire::{
-    FileEntry, FileInfo, InfoReply, ListPage, NasInfo, SharePage, TaskStart, TaskStatus, WireEntry,
+    DsmInfo, FileEntry, FileInfo, InfoReply, ListPage, NasInfo, SharePage, TaskStart, TaskStatus,
+    WireEntry,
 };
 
 /// Entries asked per `list` page (DSM's default page is small).
@@ -32,6 +33,18 @@ impl Client {
     /// Safe to drop.
     pub async fn nas_info(&self) -> Result<NasInfo> {
         self.call(api::FS_INFO, "get", Params::new()).await
+    }
+
+    /// The NAS's model and DSM version (`SYNO.DSM.Info`).
+    ///
+    /// # Errors
+    /// Any [`Error`] from the call; some DSM setups refuse it (105) to
+    /// non-administrators.
+    ///
+    /// # Cancel safety
+    /// Safe to drop.
+    pub async fn dsm_info(&self) -> Result<DsmInfo> {
+        self.call(api::DSM_INFO, "getinfo", Params::new()).await
     }
 
     /// The shared folders the account can see (every page).
@@ -174,6 +187,7 @@ impl Client {
     ///
     /// # Cancel safety
     /// Dropping the future may leave a delete task running on the NAS.
+    #[tracing::instrument(level = "debug", skip_all, fields(recursive = recursive))]
     pub async fn delete(&self, paths: &[&str], recursive: bool) -> Result<()> {
         let paths = normalise_all(paths)?;
         if let Some(share) = paths.iter().find(|p| p.is_share()) {
@@ -219,6 +233,7 @@ impl Client {
     ///
     /// # Cancel safety
     /// Use `cancel` to stop: dropping the future leaves the task running.
+    #[tracing::instrument(level = "debug", skip_all, fields(path = %path))]
     pub async fn md5(&self, path: &str, cancel: &CancellationToken) -> Result<String> {
         let path = RemotePath::parse(path)?;
         let start: TaskStart = self

@@ -23,7 +23,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use super::api;
 use super::client::{Attempts, Client, Session, check_status, with_token};
 use super::error::{Error, Result};
-use super::params::Params;
+use super::params::{Format, Params};
 use super::path::{RemotePath, check_name};
 use super::wire::decode;
 
@@ -109,6 +109,7 @@ impl Client {
     /// # Cancel safety
     /// Dropping the future aborts the transfer; DSM discards a partial upload
     /// or leaves a partial file that a later overwrite replaces.
+    #[tracing::instrument(level = "debug", skip_all, fields(folder = %folder, name = %name))]
     pub async fn upload(
         &self,
         folder: &str,
@@ -220,7 +221,9 @@ impl Client {
             .mime_str("application/octet-stream")
             .map_err(|e| Error::http(api::UPLOAD, "upload", e))?;
         let mut form = Form::new().text("_sid", session.sid.expose().to_owned());
-        for (key, value) in upload_fields(endpoint.version, folder, &opts).encode(endpoint.format) {
+        // Multipart text fields go plain whatever `requestFormat` says: that is
+        // what DSM's own web client and every published example send.
+        for (key, value) in upload_fields(endpoint.version, folder, &opts).encode(Format::Plain) {
             form = form.text(key, value);
         }
         let form = form.part("file", part);
@@ -239,7 +242,7 @@ impl Client {
         let request = with_token(request, Some(session));
         let idle = self.inner.timeouts.idle;
         let response = watch_idle(request.send(), &progress, idle, api::UPLOAD, "upload").await?;
-        check_status(api::UPLOAD, "upload", response.status())?;
+        check_upload_status(target, response.status())?;
         let reply = watch_idle(response.bytes(), &progress, idle, api::UPLOAD, "upload").await?;
         match decode::<serde_json::Value>(api::UPLOAD, "upload", &reply) {
             Ok(_) => Ok(progress.bytes()),
@@ -264,6 +267,7 @@ impl Client {
     ///
     /// # Cancel safety
     /// Dropping the future stops the download; `out` holds a prefix.
+    #[tracing::instrument(level = "debug", skip_all, fields(path = %path))]
     pub async fn download(&self, path: &str, mut out: impl AsyncWrite + Unpin) -> Result<u64> {
         let mut stream = self.download_stream(path).await?;
         let mut total = 0u64;
@@ -279,6 +283,7 @@ impl Client {
             what: format!("writing download of {path}"),
             source,
         })?;
+        tracing::debug!(bytes = total, "downloaded");
         Ok(total)
     }
 
@@ -323,6 +328,18 @@ impl Client {
             expected,
             path.to_string(),
         ))
+    }
+}
+
+/// HTTP 413 (proxy) and 504 (DSM's front-end giving up on a huge body) mean
+/// the request is too large: sending it again would fail again.
+fn check_upload_status(target: &RemotePath, status: reqwest::StatusCode) -> Result<()> {
+    match status.as_u16() {
+        413 | 504 => Err(Error::UploadTooLarge {
+            path: target.to_string(),
+            status: status.as_u16(),
+        }),
+        _ => check_status(api::UPLOAD, "upload", status),
     }
 }
 
@@ -578,7 +595,6 @@ async fn watch_idle<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dsm::params::Format;
 
     #[test]
     fn upload_fields_follow_the_version() {

@@ -109,6 +109,18 @@ pub struct NasInfo {
     pub is_manager: bool,
 }
 
+/// What `SYNO.DSM.Info` tells about the NAS.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct DsmInfo {
+    /// The model, e.g. `DS920+`.
+    #[serde(default)]
+    pub model: String,
+    /// The DSM version as shown to people, e.g. `DSM 7.2.2-72806 Update 3`.
+    #[serde(default)]
+    pub version_string: String,
+}
+
 #[derive(Deserialize)]
 pub(crate) struct WireEntry {
     #[serde(default)]

@@ -3,3 +3,5 @@
 mod archive;
 //! Integration tests, one module per topic, built into one binary.
 mod config;
+mod dsm;
+mod emulator;

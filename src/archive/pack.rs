@@ -733,3 +733,64 @@ fn special_kind(meta: &Metadata) -> &'static str {
         "special file"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_modified_while_read_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, "before").unwrap();
+        let file = open_source(&path).unwrap();
+        let before = file.metadata().unwrap();
+        fs::write(&path, "after, and longer").unwrap();
+        let (kind, reason) = changed_since(&file, &before).unwrap();
+        assert_eq!(kind, IssueKind::Changed);
+        assert!(reason.contains("size changed"), "{reason}");
+        assert!(changed_since(&file, &file.metadata().unwrap()).is_none());
+    }
+
+    #[test]
+    fn sources_are_opened_without_following_links() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("real"), "x").unwrap();
+        std::os::unix::fs::symlink("real", dir.path().join("link")).unwrap();
+        assert!(open_source(&dir.path().join("real")).is_ok());
+        let err = open_source(&dir.path().join("link")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
+    }
+
+    #[test]
+    fn prefixes_come_from_the_last_component_and_are_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("x/home");
+        let b = dir.path().join("y/home");
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
+        let roots = resolve_roots(&[a, b.clone(), b, PathBuf::from("/")]).unwrap();
+        let names: Vec<_> = roots.iter().map(|r| r.prefix.prefix.as_str()).collect();
+        assert_eq!(names, ["home", "home-2", "home-3", "root"]);
+    }
+
+    #[test]
+    fn options_are_validated() {
+        let mut o = PackOptions::new(["/tmp"]);
+        o.volume_size = Some(0);
+        assert!(matches!(
+            o.validate(),
+            Err(Error::Invalid {
+                field: "volume_size",
+                ..
+            })
+        ));
+        o.volume_size = None;
+        o.level = 99;
+        assert!(matches!(
+            o.validate(),
+            Err(Error::Invalid { field: "level", .. })
+        ));
+        assert!(PackOptions::default().validate().is_err());
+    }
+}

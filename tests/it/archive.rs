@@ -923,3 +923,36 @@ fn garbage_is_not_an_archive() {
     let err = unpack_hostile(b"PK\x03\x04 definitely a zip", |_| {});
     assert!(matches!(err, Error::UnknownFormat), "{err:?}");
 }
+
+#[test]
+fn one_file_system_stays_on_the_source_device() {
+    let (dev, pts) = (Path::new("/dev"), Path::new("/dev/pts"));
+    let same =
+        |a: &Path, b: &Path| fs::metadata(a).unwrap().dev() == fs::metadata(b).unwrap().dev();
+    if !pts.is_dir() || same(dev, pts) {
+        eprintln!("SKIPPED: /dev/pts is not a separate mount here");
+        return;
+    }
+    let mut o = opts(&[dev]);
+    o.one_file_system = true;
+    let (bytes, summary) = pack_to_vec(&o);
+    assert!(
+        summary.counts.special > 0,
+        "device files are skipped with a warning"
+    );
+    let mut names = Vec::new();
+    archive::list(&bytes[..], &ListOptions::default(), &never(), &mut |e| {
+        names.push(e.path.clone())
+    })
+    .unwrap();
+    assert!(
+        names.contains(&PathBuf::from("dev/pts")),
+        "the mount point itself is kept"
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|p| p.starts_with("dev/pts") && p != Path::new("dev/pts")),
+        "{names:?}"
+    );
+}

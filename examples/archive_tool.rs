@@ -4,6 +4,7 @@
 //! ```text
 //! archive_tool pack DIR... -o OUT [--level N] [--workers N] [--long]
 //!                          [--recipient AGE1...] [--volume-size BYTES]
+//!                          [--job-size BYTES (0 = zstd's default)]
 //! archive_tool unpack FILE DIR [--identity FILE] [--overwrite]
 //! archive_tool list FILE [--identity FILE]
 //! archive_tool gen DIR --size BYTES [--seed N]
@@ -70,6 +71,7 @@ fn pack(args: &[String]) -> Res {
             "--long" => o.long_distance = true,
             "--recipient" => o.recipients.push(v.clone()),
             "--volume-size" => o.volume_size = Some(v.parse()?),
+            "--job-size" => o.zstd_job_size = Some(v.parse()?).filter(|&n| n > 0),
             other => return Err(format!("unknown option {other}").into()),
         }
     }

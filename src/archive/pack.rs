@@ -28,10 +28,10 @@ const READ_BUF: usize = 1 << 20;
 const TAR_BUF: usize = 256 * 1024;
 /// Report progress at least this often while reading a big file.
 const PROGRESS_EVERY: u64 = 16 << 20;
-/// zstd job size in multithreaded mode. zstd's default (4 × window, 8 MiB
-/// at level 3) makes the buffer pool grow past 64 MiB with two workers; 1 MiB
-/// jobs keep it near 20 MiB, flat, at the same speed and ratio.
-const ZSTD_JOB_SIZE: u32 = 1 << 20;
+/// Default zstd job size in multithreaded mode. zstd's own default (4 ×
+/// window, 8 MiB at level 3) makes the buffer pool grow past 64 MiB with two
+/// workers; 1 MiB jobs keep it near 20 MiB, flat.
+pub const ZSTD_JOB_SIZE: u32 = 1 << 20;
 /// Issues kept in the summary; more are counted and logged, not stored.
 pub const MAX_ISSUES: usize = 10_000;
 
@@ -59,6 +59,11 @@ pub struct PackOptions {
     pub passphrase: Option<Secret>,
     /// Cut the output into volumes of this many bytes; `None` = one volume.
     pub volume_size: Option<u64>,
+    /// Advanced: input bytes per zstd job when multithreaded. Smaller jobs
+    /// use less memory (about 10 × job size × workers), larger ones are a
+    /// little faster. Default 1 MiB; `None` lets zstd choose (8 MiB at
+    /// level 3). Ignored with `long_distance`.
+    pub zstd_job_size: Option<u32>,
 }
 
 impl Default for PackOptions {
@@ -74,6 +79,7 @@ impl Default for PackOptions {
             recipients: Vec::new(),
             passphrase: None,
             volume_size: None,
+            zstd_job_size: Some(ZSTD_JOB_SIZE),
         }
     }
 }
@@ -288,8 +294,8 @@ fn zstd_encoder<'s>(out: Out<'s>, opts: &PackOptions) -> Result<Encoder<'s>> {
     let workers = opts.worker_count();
     if workers > 1 {
         enc.multithread(workers).map_err(configure)?;
-        if !opts.long_distance {
-            enc.set_parameter(CParameter::JobSize(ZSTD_JOB_SIZE))
+        if let (Some(size), false) = (opts.zstd_job_size, opts.long_distance) {
+            enc.set_parameter(CParameter::JobSize(size))
                 .map_err(configure)?;
         }
     }

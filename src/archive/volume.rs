@@ -224,11 +224,19 @@ impl<'s> Splitter<'s> {
 
     fn end(&mut self) -> io::Result<()> {
         self.open = false;
+        // Volume 1 is a prefix of the whole stream: its digest is the
+        // whole-stream hasher's state at this point (one SHA-256 pass saved,
+        // and most archives are a single volume).
+        let sha = if self.index == 1 {
+            self.total.clone().finalize()
+        } else {
+            std::mem::take(&mut self.sha).finalize()
+        };
         let info = VolumeInfo {
             index: self.index,
             size: self.len,
             md5: hex::encode(std::mem::take(&mut self.md5).finalize()),
-            sha256: hex::encode(std::mem::take(&mut self.sha).finalize()),
+            sha256: hex::encode(sha),
         };
         self.sink.end_volume(&info).map_err(|e| self.fail(e))?;
         self.volumes.push(info);
@@ -260,8 +268,10 @@ impl Write for Splitter<'_> {
             let n = usize::try_from(room).map_or(rest.len(), |room| room.min(rest.len()));
             let (chunk, tail) = rest.split_at(n);
             self.md5.update(chunk);
-            self.sha.update(chunk);
             self.total.update(chunk);
+            if self.index > 1 {
+                self.sha.update(chunk);
+            }
             self.sink.write(chunk).map_err(|e| self.fail(e))?;
             self.len += n as u64;
             self.total_len += n as u64;

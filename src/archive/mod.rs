@@ -28,6 +28,7 @@
 //! matches directories only (`cache/`). `*` does not cross `/`, `**` does.
 
 mod crypt;
+mod digest;
 mod error;
 mod extract;
 mod filter;

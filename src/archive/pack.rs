@@ -243,7 +243,9 @@ pub fn pack(
     let excludes = Excludes::new(&opts.excludes)?;
     let encryption = Encryption::from_options(&opts.recipients, opts.passphrase.as_ref())?;
     let flow = Rc::new(Flow::default());
-    let out = encryption.wrap(Splitter::new(sink, opts.volume_size, Rc::clone(&flow)))?;
+    let splitter = Splitter::new(sink, opts.volume_size, Rc::clone(&flow))
+        .map_err(|e| Error::io("start the hashing thread", PathBuf::new(), e))?;
+    let out = encryption.wrap(splitter)?;
     let encoder = zstd_encoder(out, opts)?;
     let mut packer = Packer {
         tar: TarWriter::new(BufWriter::with_capacity(TAR_BUF, encoder)),

@@ -7,9 +7,10 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use md5::Md5;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use super::digest::Digester;
 
 /// Size and digests of one volume, as produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,9 +179,7 @@ pub(crate) struct Splitter<'s> {
     index: u32,
     open: bool,
     len: u64,
-    md5: Md5,
-    sha: Sha256,
-    total: Sha256,
+    digester: Digester,
     total_len: u64,
     volumes: Vec<VolumeInfo>,
     flow: Rc<Flow>,
@@ -191,20 +190,18 @@ impl<'s> Splitter<'s> {
         sink: &'s mut dyn VolumeSink,
         volume_size: Option<u64>,
         flow: Rc<Flow>,
-    ) -> Self {
-        Self {
+    ) -> io::Result<Self> {
+        Ok(Self {
             sink,
             volume_size,
             index: 0,
             open: false,
             len: 0,
-            md5: Md5::new(),
-            sha: Sha256::new(),
-            total: Sha256::new(),
+            digester: Digester::start()?,
             total_len: 0,
             volumes: Vec::new(),
             flow,
-        }
+        })
     }
 
     fn fail(&self, source: io::Error) -> io::Error {
@@ -224,19 +221,12 @@ impl<'s> Splitter<'s> {
 
     fn end(&mut self) -> io::Result<()> {
         self.open = false;
-        // Volume 1 is a prefix of the whole stream: its digest is the
-        // whole-stream hasher's state at this point (one SHA-256 pass saved,
-        // and most archives are a single volume).
-        let sha = if self.index == 1 {
-            self.total.clone().finalize()
-        } else {
-            std::mem::take(&mut self.sha).finalize()
-        };
+        let (md5, sha256) = self.digester.end_volume()?;
         let info = VolumeInfo {
             index: self.index,
             size: self.len,
-            md5: hex::encode(std::mem::take(&mut self.md5).finalize()),
-            sha256: hex::encode(sha),
+            md5,
+            sha256,
         };
         self.sink.end_volume(&info).map_err(|e| self.fail(e))?;
         self.volumes.push(info);
@@ -252,7 +242,7 @@ impl<'s> Splitter<'s> {
             }
             self.end()?;
         }
-        let sha = hex::encode(self.total.finalize());
+        let sha = self.digester.finish()?;
         Ok((self.volumes, sha, self.total_len))
     }
 }
@@ -267,12 +257,8 @@ impl Write for Splitter<'_> {
             let room = self.volume_size.map_or(u64::MAX, |max| max - self.len);
             let n = usize::try_from(room).map_or(rest.len(), |room| room.min(rest.len()));
             let (chunk, tail) = rest.split_at(n);
-            self.md5.update(chunk);
-            self.total.update(chunk);
-            if self.index > 1 {
-                self.sha.update(chunk);
-            }
             self.sink.write(chunk).map_err(|e| self.fail(e))?;
+            self.digester.update(chunk)?;
             self.len += n as u64;
             self.total_len += n as u64;
             self.flow.bytes.set(self.total_len);
@@ -338,6 +324,7 @@ impl<R: Read> Read for HashingReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use md5::Md5;
 
     #[derive(Default)]
     struct Memory {
@@ -363,7 +350,7 @@ mod tests {
 
     fn split(data: &[u8], size: Option<u64>, chunk: usize) -> (Memory, Vec<VolumeInfo>, String) {
         let mut sink = Memory::default();
-        let mut s = Splitter::new(&mut sink, size, Rc::default());
+        let mut s = Splitter::new(&mut sink, size, Rc::default()).unwrap();
         for c in data.chunks(chunk) {
             s.write_all(c).unwrap();
         }
@@ -419,7 +406,7 @@ mod tests {
             }
         }
         let mut sink = Failing;
-        let mut s = Splitter::new(&mut sink, None, Rc::default());
+        let mut s = Splitter::new(&mut sink, None, Rc::default()).unwrap();
         let err = s.write_all(b"x").unwrap_err();
         let failure = err.into_inner().unwrap().downcast::<SinkFailure>().unwrap();
         assert_eq!(failure.index, 1);

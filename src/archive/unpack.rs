@@ -124,7 +124,7 @@ pub(crate) fn open<'a>(input: impl Read + 'a, keys: &[DecryptKey]) -> Result<Arc
     let compressed: Box<dyn Read + 'a> = if head.starts_with(&ZSTD_MAGIC) {
         input
     } else if head.starts_with(AGE_MAGIC) || head.starts_with(AGE_ARMOR) {
-        let plain = crypt::decrypt(input, keys)?;
+        let plain = crypt::decrypt(input, head.starts_with(AGE_ARMOR), keys)?;
         Box::new(Tagged::new(plain, Layer::Age))
     } else {
         return Err(Error::UnknownFormat);

@@ -756,6 +756,20 @@ fn synback_lists_and_restores_what_real_tools_pack() {
     lo.keys = vec![DecryptKey::IdentityFile(key.clone())];
     let n = archive::list(fs::File::open(&sealed).unwrap(), &lo, &never(), &mut |_| {}).unwrap();
     assert_eq!(n.entries, listed.len() as u64);
+    let armored = tmp.path().join("gnu.tar.zst.asc");
+    sh(&format!(
+        "age -a -r {public} -o '{a}' '{p}'",
+        a = armored.display(),
+        p = plain.display()
+    ));
+    let n = archive::list(
+        fs::File::open(&armored).unwrap(),
+        &lo,
+        &never(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(n.entries, listed.len() as u64, "armored age input");
 
     let out = tmp.path().join("out");
     let mut u = UnpackOptions::new(&out);

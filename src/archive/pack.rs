@@ -452,12 +452,12 @@ impl<W: Write> Packer<'_, W> {
     }
 
     fn pack_dir(&mut self, cur: &mut Cursor, meta: &Metadata) -> Result<()> {
-        let listing = match list_dir(&cur.abs) {
-            Ok(names) => names,
-            Err(e) => {
-                self.issue(&cur.abs, IssueKind::Unreadable, format!("cannot list: {e}"));
-                Vec::new()
-            }
+        let foreign = self.opts.one_file_system && meta.dev() != self.root_dev;
+        let listing = if foreign {
+            tracing::debug!(path = %cur.abs.display(), "other file system, not descending");
+            Vec::new()
+        } else {
+            self.listing(&cur.abs)
         };
         if listing.iter().any(|n| self.is_marker(n)) {
             self.counts.excluded += 1;
@@ -467,16 +467,20 @@ impl<W: Write> Packer<'_, W> {
         self.header(meta, Kind::Dir, &cur.arc, None, 0)?;
         self.counts.dirs += 1;
         self.report(&cur.abs);
-        if self.opts.one_file_system && meta.dev() != self.root_dev {
-            tracing::debug!(path = %cur.abs.display(), "other file system, not descending");
-            cur.arc.pop();
-            return Ok(());
-        }
-        for child in &listing {
-            self.visit_child(cur, child)?;
-        }
+        let children = listing
+            .iter()
+            .try_for_each(|child| self.visit_child(cur, child));
         cur.arc.pop();
-        Ok(())
+        children
+    }
+
+    /// The sorted names in a directory; an unreadable one is reported and
+    /// archived empty.
+    fn listing(&mut self, path: &Path) -> Vec<OsString> {
+        list_dir(path).unwrap_or_else(|e| {
+            self.issue(path, IssueKind::Unreadable, format!("cannot list: {e}"));
+            Vec::new()
+        })
     }
 
     fn visit_child(&mut self, cur: &mut Cursor, child: &OsStr) -> Result<()> {

@@ -21,6 +21,17 @@
 //! - zstd with frame checksums; age (X25519 recipients or a passphrase)
 //!   around the zstd stream when encryption is on.
 //!
+//! # Restore safety
+//! [`unpack`] refuses (with [`Error::UnsafePath`]) absolute paths, `..`,
+//! symlinks whose target is absolute or climbs out of the target (unless
+//! [`UnpackOptions::allow_external_symlinks`]), hard links to anything but
+//! a regular file inside the target, and any write through a symlink, be
+//! it planted by the archive or already in the target. Files are written
+//! under a temporary name and renamed into place; existing files are kept
+//! unless [`UnpackOptions::overwrite`]. Modes and mtimes are restored,
+//! owners when running as root. The whole input is always read to its
+//! end, so zstd checksums and age tags are verified.
+//!
 //! # Exclude patterns
 //! A pattern without `/` matches a name at any depth (`*.tmp`); with a `/`
 //! inside, the path relative to the source root (`**/node_modules`,

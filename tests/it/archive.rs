@@ -970,3 +970,15 @@ fn one_file_system_stays_on_the_source_device() {
         "{names:?}"
     );
 }
+
+#[test]
+fn cancel_stops_unpack_and_list() {
+    let bytes = good_archive();
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let tmp = TempDir::new().unwrap();
+    let err = archive::unpack(&bytes[..], &UnpackOptions::new(tmp.path()), &cancel).unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err:?}");
+    let err = archive::list(&bytes[..], &ListOptions::default(), &cancel, &mut |_| {}).unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err:?}");
+}

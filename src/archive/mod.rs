@@ -8,6 +8,31 @@
 //! it is synchronous and CPU- or disk-bound: async callers run it inside
 //! `tokio::task::spawn_blocking` and stop it with a `CancellationToken`.
 //!
+//! # Example
+//! ```
+//! use synback::archive::{self, ListOptions, PackOptions, UnpackOptions, WriterSink};
+//! use tokio_util::sync::CancellationToken;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let src = tempfile::tempdir()?;
+//! std::fs::write(src.path().join("hello.txt"), "hi")?;
+//! let cancel = CancellationToken::new();
+//!
+//! let mut sink = WriterSink::new(Vec::new()); // or a spool file per volume
+//! let summary = archive::pack(&PackOptions::new([src.path()]), &mut sink, &|_| {}, &cancel)?;
+//! let bytes = sink.into_inner();
+//! assert_eq!(summary.volumes[0].size, bytes.len() as u64);
+//!
+//! let mut names = Vec::new();
+//! archive::list(&bytes[..], &ListOptions::default(), &cancel, &mut |e| names.push(e.path.clone()))?;
+//! assert_eq!(names.len(), 2); // the source's directory and hello.txt
+//!
+//! let out = tempfile::tempdir()?;
+//! let restored = archive::unpack(&bytes[..], &UnpackOptions::new(out.path()), &cancel)?;
+//! assert_eq!(restored.files, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Format
 //! A standard stream that needs no synback to restore:
 //! `cat VOLUMES… | [age -d -i KEY |] zstd -d | tar -x`.

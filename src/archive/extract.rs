@@ -127,6 +127,14 @@ fn running_as_root() -> bool {
     fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
+/// What is applied to a directory once all its children exist.
+struct DirAttrs {
+    path: PathBuf,
+    mode: u32,
+    mtime: i64,
+    owner: (Option<u32>, Option<u32>),
+}
+
 struct Extractor<'o> {
     root: PathBuf,
     opts: &'o UnpackOptions,
@@ -134,7 +142,7 @@ struct Extractor<'o> {
     includes: Includes,
     summary: UnpackSummary,
     /// Directories whose mode and mtime are set at the end (children first).
-    dirs: Vec<(PathBuf, EntryInfo)>,
+    dirs: Vec<DirAttrs>,
     /// The last parent directory verified to be a real directory.
     checked_parent: Option<PathBuf>,
     buf: Vec<u8>,
@@ -254,7 +262,12 @@ impl Extractor<'_> {
             Err(e) => return Err(Error::io("inspect", &dest, e)),
         }
         self.summary.dirs += 1;
-        self.dirs.push((dest, info));
+        self.dirs.push(DirAttrs {
+            path: dest,
+            mode: self.mode(&info),
+            mtime: info.mtime,
+            owner: (u32::try_from(info.uid).ok(), u32::try_from(info.gid).ok()),
+        });
         Ok(())
     }
 
@@ -422,18 +435,15 @@ impl Extractor<'_> {
 
     /// Sets directory modes and mtimes, deepest first, once all children exist.
     fn finish_dirs(&mut self) -> Result<()> {
-        for (path, info) in self.dirs.iter().rev() {
+        for dir in self.dirs.iter().rev() {
+            let path = &dir.path;
             if self.owner {
-                std::os::unix::fs::lchown(
-                    path,
-                    u32::try_from(info.uid).ok(),
-                    u32::try_from(info.gid).ok(),
-                )
-                .map_err(|e| Error::io("set owner of", path, e))?;
+                std::os::unix::fs::lchown(path, dir.owner.0, dir.owner.1)
+                    .map_err(|e| Error::io("set owner of", path, e))?;
             }
-            fs::set_permissions(path, Permissions::from_mode(self.mode(info)))
+            fs::set_permissions(path, Permissions::from_mode(dir.mode))
                 .map_err(|e| Error::io("set mode of", path, e))?;
-            let mtime = FileTime::from_unix_time(info.mtime, 0);
+            let mtime = FileTime::from_unix_time(dir.mtime, 0);
             filetime::set_symlink_file_times(path, mtime, mtime)
                 .map_err(|e| Error::io("set mtime of", path, e))?;
         }

@@ -982,3 +982,27 @@ fn cancel_stops_unpack_and_list() {
     let err = archive::list(&bytes[..], &ListOptions::default(), &cancel, &mut |_| {}).unwrap_err();
     assert!(matches!(err, Error::Cancelled), "{err:?}");
 }
+
+#[test]
+fn a_file_even_root_cannot_read_is_reported_not_dropped() {
+    // Write-only sysfs attribute: open() fails with EACCES, even for root.
+    let wo = Path::new("/sys/bus/pci/rescan");
+    if fs::File::open(wo).is_ok() || !wo.exists() {
+        eprintln!("SKIPPED: no unreadable sysfs attribute here");
+        return;
+    }
+    let tmp = TempDir::new().unwrap();
+    fs::write(tmp.path().join("ok"), "fine").unwrap();
+    let (bytes, summary) = pack_to_vec(&opts(&[tmp.path(), wo]));
+    assert_eq!(summary.counts.unreadable, 1);
+    assert!(summary.is_partial());
+    assert_eq!(summary.issues[0].path, wo);
+    assert_eq!(summary.issues[0].kind, IssueKind::Unreadable);
+    assert!(
+        summary.issues[0].reason.contains("cannot open"),
+        "{:?}",
+        summary.issues
+    );
+    let listed = archive::list(&bytes[..], &ListOptions::default(), &never(), &mut |_| {}).unwrap();
+    assert_eq!(listed.entries, 2, "the readable part is archived");
+}

@@ -150,11 +150,11 @@ fn load_identities(keys: &[DecryptKey]) -> Result<Identities> {
 
 /// Opens an age stream with the given keys; `armored` for the PEM-like
 /// text form (`age -a`), binary otherwise.
-pub(crate) fn decrypt<'a, R: Read + 'a>(
+pub(crate) fn decrypt<'a, R: Read + Send + 'a>(
     input: R,
     armored: bool,
     keys: &[DecryptKey],
-) -> Result<Box<dyn Read + 'a>> {
+) -> Result<Box<dyn Read + Send + 'a>> {
     if keys.is_empty() {
         return Err(Error::NeedIdentity);
     }
@@ -168,7 +168,10 @@ pub(crate) fn decrypt<'a, R: Read + 'a>(
     }
 }
 
-fn open_age<'a, R: BufRead + 'a>(input: R, identities: &Identities) -> Result<Box<dyn Read + 'a>> {
+fn open_age<'a, R: BufRead + Send + 'a>(
+    input: R,
+    identities: &Identities,
+) -> Result<Box<dyn Read + Send + 'a>> {
     let decryptor =
         age::Decryptor::new_buffered(input).map_err(|source| Error::Decrypt { source })?;
     let reader = decryptor

@@ -99,13 +99,12 @@ pub struct UnpackSummary {
 /// for [`list`](super::list), [`Error::Io`] for local write failures,
 /// [`Error::Cancelled`]. Files completed before an error stay in place.
 pub fn unpack(
-    input: impl Read,
+    input: impl Read + Send,
     opts: &UnpackOptions,
     cancel: &CancellationToken,
 ) -> Result<UnpackSummary> {
     let includes = Includes::new(&opts.include)?;
     fs::create_dir_all(&opts.target).map_err(|e| Error::io("create target", &opts.target, e))?;
-    let mut archive = unpack::open(input, &opts.keys)?;
     let mut x = Extractor {
         root: opts.target.clone(),
         opts,
@@ -116,8 +115,7 @@ pub fn unpack(
         checked_parent: None,
         buf: vec![0; WRITE_BUF],
     };
-    unpack::for_each_entry(&mut archive, cancel, |entry| x.entry(entry))?;
-    unpack::drain(archive)?;
+    unpack::walk(input, &opts.keys, cancel, |entry| x.entry(entry))?;
     x.finish_dirs()?;
     Ok(x.summary)
 }

@@ -71,6 +71,7 @@ mod filter;
 mod manifest;
 mod names;
 mod pack;
+mod pipe;
 mod tarw;
 mod unpack;
 mod volume;

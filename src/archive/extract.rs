@@ -108,6 +108,7 @@ pub fn unpack(
     let mut x = Extractor {
         root: opts.target.clone(),
         opts,
+        cancel,
         owner: opts.restore_owner.unwrap_or_else(running_as_root),
         includes,
         summary: UnpackSummary::default(),
@@ -136,6 +137,7 @@ struct DirAttrs {
 struct Extractor<'o> {
     root: PathBuf,
     opts: &'o UnpackOptions,
+    cancel: &'o CancellationToken,
     owner: bool,
     includes: Includes,
     summary: UnpackSummary,
@@ -320,6 +322,9 @@ impl Extractor<'_> {
         let mut done = 0u64;
         let mut hole = false;
         loop {
+            if self.cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
             let n = match data.read(&mut self.buf) {
                 Ok(0) => break,
                 Ok(n) => n,

@@ -23,13 +23,18 @@ pub struct VolumeInfo {
     pub md5: String,
     /// Lowercase hex SHA-256.
     pub sha256: String,
+    /// True for the final volume of the archive (so a sink can name a
+    /// single-volume archive differently from the first of several).
+    pub last: bool,
 }
 
 /// Where [`pack`](super::pack) sends the archive bytes.
 ///
 /// The backup run implements this: a spool file per volume, or a channel
 /// to an upload. Volumes are produced one after the other: `begin_volume`,
-/// any number of `write`s, `end_volume`, then the next volume.
+/// any number of `write`s, `end_volume`, then the next volume. A full
+/// volume is ended when the first byte of the next one is ready (or the
+/// archive ends), so [`VolumeInfo::last`] is known in `end_volume`.
 pub trait VolumeSink {
     /// A new volume starts (`index` is 1-based).
     ///
@@ -219,7 +224,7 @@ impl<'s> Splitter<'s> {
         self.sink.begin_volume(index).map_err(|e| self.fail(e))
     }
 
-    fn end(&mut self) -> io::Result<()> {
+    fn end(&mut self, last: bool) -> io::Result<()> {
         self.open = false;
         let (md5, sha256) = self.digester.end_volume()?;
         let info = VolumeInfo {
@@ -227,6 +232,7 @@ impl<'s> Splitter<'s> {
             size: self.len,
             md5,
             sha256,
+            last,
         };
         self.sink.end_volume(&info).map_err(|e| self.fail(e))?;
         self.volumes.push(info);
@@ -236,11 +242,11 @@ impl<'s> Splitter<'s> {
 
     /// Closes the last volume; returns the volumes and the whole-stream SHA-256.
     pub(crate) fn finish(mut self) -> io::Result<(Vec<VolumeInfo>, String, u64)> {
-        if self.open || self.volumes.is_empty() {
-            if !self.open {
-                self.begin()?;
-            }
-            self.end()?;
+        if !self.open && self.volumes.is_empty() {
+            self.begin()?;
+        }
+        if self.open {
+            self.end(true)?;
         }
         let sha = self.digester.finish()?;
         Ok((self.volumes, sha, self.total_len))
@@ -251,6 +257,11 @@ impl Write for Splitter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut rest = buf;
         while !rest.is_empty() {
+            // A full volume is closed only when more bytes come, so that
+            // `end_volume` can tell whether it was the last one.
+            if self.open && self.volume_size == Some(self.len) {
+                self.end(false)?;
+            }
             if !self.open {
                 self.begin()?;
             }
@@ -263,9 +274,6 @@ impl Write for Splitter<'_> {
             self.total_len += n as u64;
             self.flow.bytes.set(self.total_len);
             rest = tail;
-            if self.volume_size == Some(self.len) {
-                self.end()?;
-            }
         }
         Ok(buf.len())
     }
@@ -375,6 +383,10 @@ mod tests {
         }
         assert_eq!(sha, hex::encode(Sha256::digest(&data)));
         assert_eq!(sink.volumes.concat(), data);
+        assert_eq!(
+            vols.iter().map(|v| v.last).collect::<Vec<_>>(),
+            [false, false, true]
+        );
     }
 
     #[test]
@@ -382,6 +394,7 @@ mod tests {
         let data = vec![7u8; 8192];
         let (_, vols, _) = split(&data, Some(4096), 3000);
         assert_eq!(vols.len(), 2);
+        assert!(vols[1].last && !vols[0].last);
     }
 
     #[test]
@@ -389,6 +402,7 @@ mod tests {
         let (_, vols, _) = split(&[], None, 1);
         assert_eq!(vols.len(), 1);
         assert_eq!(vols[0].size, 0);
+        assert!(vols[0].last);
     }
 
     #[test]

@@ -1006,3 +1006,20 @@ fn a_file_even_root_cannot_read_is_reported_not_dropped() {
     let listed = archive::list(&bytes[..], &ListOptions::default(), &never(), &mut |_| {}).unwrap();
     assert_eq!(listed.entries, 2, "the readable part is archived");
 }
+
+#[test]
+fn only_the_final_volume_is_marked_last() {
+    let tmp = TempDir::new().unwrap();
+    fs::write(tmp.path().join("noise"), noise(50_000)).unwrap();
+    let mut o = opts(&[tmp.path()]);
+    o.volume_size = Some(20_000);
+    let mut sink = Volumes::default();
+    let summary = archive::pack(&o, &mut sink, &|_| {}, &never()).unwrap();
+    let last: Vec<bool> = sink.infos.iter().map(|v| v.last).collect();
+    assert_eq!(last.len(), summary.volumes.len());
+    assert!(last.len() >= 3);
+    assert!(last[..last.len() - 1].iter().all(|l| !l) && last[last.len() - 1]);
+    o.volume_size = None;
+    let (_, single) = pack_to_vec(&o);
+    assert!(single.volumes[0].last);
+}

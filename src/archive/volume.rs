@@ -425,4 +425,16 @@ mod tests {
         let failure = err.into_inner().unwrap().downcast::<SinkFailure>().unwrap();
         assert_eq!(failure.index, 1);
     }
+
+    #[test]
+    fn hashing_reader_hashes_what_passes() {
+        let mut r = HashingReader::new(&b"hello world"[..]);
+        assert!(r.is_empty());
+        let mut out = String::new();
+        r.read_to_string(&mut out).unwrap();
+        assert_eq!(r.len(), 11);
+        let (sha, len) = r.finish();
+        assert_eq!(len, 11);
+        assert_eq!(sha, hex::encode(Sha256::digest(b"hello world")));
+    }
 }

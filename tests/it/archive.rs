@@ -1023,3 +1023,32 @@ fn only_the_final_volume_is_marked_last() {
     let (_, single) = pack_to_vec(&o);
     assert!(single.volumes[0].last);
 }
+
+#[test]
+fn owners_are_restored_when_root() {
+    let tmp = TempDir::new().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), "x").unwrap();
+    std::os::unix::fs::symlink("f", src.join("l")).unwrap();
+    if std::os::unix::fs::lchown(src.join("f"), Some(1234), Some(2345)).is_err() {
+        eprintln!("SKIPPED: not root, cannot set owners");
+        return;
+    }
+    std::os::unix::fs::lchown(src.join("l"), Some(1235), Some(2346)).unwrap();
+    let (bytes, _) = pack_to_vec(&opts(&[&src]));
+    let out = tmp.path().join("out");
+    unpack_into(&bytes, &out);
+    let f = fs::symlink_metadata(out.join("src/f")).unwrap();
+    assert_eq!((f.uid(), f.gid()), (1234, 2345));
+    let l = fs::symlink_metadata(out.join("src/l")).unwrap();
+    assert_eq!((l.uid(), l.gid()), (1235, 2346));
+
+    let mut o = UnpackOptions::new(tmp.path().join("out2"));
+    o.restore_owner = Some(false);
+    archive::unpack(&bytes[..], &o, &never()).unwrap();
+    assert_eq!(
+        fs::metadata(tmp.path().join("out2/src/f")).unwrap().uid(),
+        0
+    );
+}

@@ -63,6 +63,7 @@
 //! `docs/*.pdf`); starting with `/`, the absolute path. A trailing `/`
 //! matches directories only (`cache/`). `*` does not cross `/`, `**` does.
 
+mod channel;
 mod crypt;
 mod digest;
 mod error;
@@ -76,6 +77,7 @@ mod tarw;
 mod unpack;
 mod volume;
 
+pub use channel::{ChannelReader, ChannelSink, VolumeEvent};
 pub use crypt::{DecryptKey, parse_recipient};
 pub use error::{Error, Result};
 pub use extract::{Skipped, UnpackOptions, UnpackSummary, unpack};

@@ -428,10 +428,11 @@ impl Extractor<'_> {
         };
         let tmp = temp_name(&dest);
         fs::hard_link(&source, &tmp).map_err(|e| Error::io("create hard link", &dest, e))?;
-        if let Err(e) = fs::rename(&tmp, &dest) {
-            let _ = fs::remove_file(&tmp);
-            return Err(Error::io("create hard link", &dest, e));
-        }
+        let renamed = fs::rename(&tmp, &dest);
+        // When `dest` already is a name of the same file, rename succeeds
+        // without doing anything: the temporary name must go either way.
+        let _ = fs::remove_file(&tmp);
+        renamed.map_err(|e| Error::io("create hard link", &dest, e))?;
         self.summary.hardlinks += 1;
         Ok(())
     }

@@ -1052,3 +1052,24 @@ fn owners_are_restored_when_root() {
         0
     );
 }
+
+#[test]
+fn overwriting_a_hard_link_with_itself_leaves_no_temporary_file() {
+    let tmp = TempDir::new().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), "same").unwrap();
+    fs::hard_link(src.join("a"), src.join("b")).unwrap();
+    let (bytes, _) = pack_to_vec(&opts(&[&src]));
+    let out = tmp.path().join("out");
+    unpack_into(&bytes, &out);
+    let mut o = UnpackOptions::new(&out);
+    o.overwrite = true;
+    archive::unpack(&bytes[..], &o, &never()).unwrap();
+    let mut names: Vec<_> = fs::read_dir(out.join("src"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "b"]);
+}

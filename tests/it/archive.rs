@@ -1073,3 +1073,33 @@ fn overwriting_a_hard_link_with_itself_leaves_no_temporary_file() {
     names.sort();
     assert_eq!(names, ["a", "b"]);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Damaged archives fail cleanly: no panic, nothing outside the target.
+    #[test]
+    fn damaged_archives_never_escape(
+        cut in any::<prop::sample::Index>(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..), 0..4),
+    ) {
+        let mut bytes = hostile(&[
+            (T::Directory, "d/", ""),
+            (T::Regular, "d/f", ""),
+            (T::Symlink, "d/l", "f"),
+            (T::Link, "d/h", "d/f"),
+        ]);
+        for (ix, x) in &flips {
+            let i = ix.index(bytes.len());
+            bytes[i] ^= x;
+        }
+        bytes.truncate(cut.index(bytes.len() + 1));
+        let tmp = TempDir::new().unwrap();
+        let target = tmp.path().join("target");
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        let _ = archive::unpack(&bytes[..], &UnpackOptions::new(&target), &never());
+        prop_assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+        prop_assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 2);
+    }
+}

@@ -1,6 +1,6 @@
 //! age encryption on the way out, decryption on the way back.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 
 use age::secrecy::SecretString;
@@ -109,6 +109,9 @@ impl Write for Out<'_> {
 
 type Identities = Vec<Box<dyn age::Identity + Send + Sync>>;
 
+/// Read buffer in front of the age parser.
+const READ_BUF: usize = 256 * 1024;
+
 fn load_identities(keys: &[DecryptKey]) -> Result<Identities> {
     let mut all: Identities = Vec::new();
     for key in keys {
@@ -145,18 +148,32 @@ fn load_identities(keys: &[DecryptKey]) -> Result<Identities> {
     Ok(all)
 }
 
-/// Opens an age stream (binary or armored) with the given keys.
-pub(crate) fn decrypt<'a, R: Read + 'a>(
+/// Opens an age stream with the given keys; `armored` for the PEM-like
+/// text form (`age -a`), binary otherwise.
+pub(crate) fn decrypt<'a, R: Read + Send + 'a>(
     input: R,
+    armored: bool,
     keys: &[DecryptKey],
-) -> Result<Box<dyn Read + 'a>> {
+) -> Result<Box<dyn Read + Send + 'a>> {
     if keys.is_empty() {
         return Err(Error::NeedIdentity);
     }
     let identities = load_identities(keys)?;
-    let armored = age::armor::ArmoredReader::new(input);
-    let decryptor = age::Decryptor::new_buffered(BufReader::with_capacity(64 * 1024, armored))
-        .map_err(|source| Error::Decrypt { source })?;
+    let input = BufReader::with_capacity(READ_BUF, input);
+    if armored {
+        let armor = BufReader::with_capacity(READ_BUF, age::armor::ArmoredReader::new(input));
+        open_age(armor, &identities)
+    } else {
+        open_age(input, &identities)
+    }
+}
+
+fn open_age<'a, R: BufRead + Send + 'a>(
+    input: R,
+    identities: &Identities,
+) -> Result<Box<dyn Read + Send + 'a>> {
+    let decryptor =
+        age::Decryptor::new_buffered(input).map_err(|source| Error::Decrypt { source })?;
     let reader = decryptor
         .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
         .map_err(|source| Error::Decrypt { source })?;
@@ -184,7 +201,9 @@ mod tests {
 
     #[test]
     fn no_key_for_an_encrypted_archive_is_a_clear_error() {
-        let err = decrypt(&b"age-encryption.org/v1\n"[..], &[]).err().unwrap();
+        let err = decrypt(&b"age-encryption.org/v1\n"[..], false, &[])
+            .err()
+            .unwrap();
         assert!(matches!(err, Error::NeedIdentity));
     }
 }

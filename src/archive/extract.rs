@@ -99,16 +99,16 @@ pub struct UnpackSummary {
 /// for [`list`](super::list), [`Error::Io`] for local write failures,
 /// [`Error::Cancelled`]. Files completed before an error stay in place.
 pub fn unpack(
-    input: impl Read,
+    input: impl Read + Send,
     opts: &UnpackOptions,
     cancel: &CancellationToken,
 ) -> Result<UnpackSummary> {
     let includes = Includes::new(&opts.include)?;
     fs::create_dir_all(&opts.target).map_err(|e| Error::io("create target", &opts.target, e))?;
-    let mut archive = unpack::open(input, &opts.keys)?;
     let mut x = Extractor {
         root: opts.target.clone(),
         opts,
+        cancel,
         owner: opts.restore_owner.unwrap_or_else(running_as_root),
         includes,
         summary: UnpackSummary::default(),
@@ -116,8 +116,7 @@ pub fn unpack(
         checked_parent: None,
         buf: vec![0; WRITE_BUF],
     };
-    unpack::for_each_entry(&mut archive, cancel, |entry| x.entry(entry))?;
-    unpack::drain(archive)?;
+    unpack::walk(input, &opts.keys, cancel, |entry| x.entry(entry))?;
     x.finish_dirs()?;
     Ok(x.summary)
 }
@@ -127,14 +126,23 @@ fn running_as_root() -> bool {
     fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
+/// What is applied to a directory once all its children exist.
+struct DirAttrs {
+    path: PathBuf,
+    mode: u32,
+    mtime: i64,
+    owner: (Option<u32>, Option<u32>),
+}
+
 struct Extractor<'o> {
     root: PathBuf,
     opts: &'o UnpackOptions,
+    cancel: &'o CancellationToken,
     owner: bool,
     includes: Includes,
     summary: UnpackSummary,
     /// Directories whose mode and mtime are set at the end (children first).
-    dirs: Vec<(PathBuf, EntryInfo)>,
+    dirs: Vec<DirAttrs>,
     /// The last parent directory verified to be a real directory.
     checked_parent: Option<PathBuf>,
     buf: Vec<u8>,
@@ -254,7 +262,12 @@ impl Extractor<'_> {
             Err(e) => return Err(Error::io("inspect", &dest, e)),
         }
         self.summary.dirs += 1;
-        self.dirs.push((dest, info));
+        self.dirs.push(DirAttrs {
+            path: dest,
+            mode: self.mode(&info),
+            mtime: info.mtime,
+            owner: (u32::try_from(info.uid).ok(), u32::try_from(info.gid).ok()),
+        });
         Ok(())
     }
 
@@ -309,6 +322,9 @@ impl Extractor<'_> {
         let mut done = 0u64;
         let mut hole = false;
         loop {
+            if self.cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
             let n = match data.read(&mut self.buf) {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -412,28 +428,26 @@ impl Extractor<'_> {
         };
         let tmp = temp_name(&dest);
         fs::hard_link(&source, &tmp).map_err(|e| Error::io("create hard link", &dest, e))?;
-        if let Err(e) = fs::rename(&tmp, &dest) {
-            let _ = fs::remove_file(&tmp);
-            return Err(Error::io("create hard link", &dest, e));
-        }
+        let renamed = fs::rename(&tmp, &dest);
+        // When `dest` already is a name of the same file, rename succeeds
+        // without doing anything: the temporary name must go either way.
+        let _ = fs::remove_file(&tmp);
+        renamed.map_err(|e| Error::io("create hard link", &dest, e))?;
         self.summary.hardlinks += 1;
         Ok(())
     }
 
     /// Sets directory modes and mtimes, deepest first, once all children exist.
     fn finish_dirs(&mut self) -> Result<()> {
-        for (path, info) in self.dirs.iter().rev() {
+        for dir in self.dirs.iter().rev() {
+            let path = &dir.path;
             if self.owner {
-                std::os::unix::fs::lchown(
-                    path,
-                    u32::try_from(info.uid).ok(),
-                    u32::try_from(info.gid).ok(),
-                )
-                .map_err(|e| Error::io("set owner of", path, e))?;
+                std::os::unix::fs::lchown(path, dir.owner.0, dir.owner.1)
+                    .map_err(|e| Error::io("set owner of", path, e))?;
             }
-            fs::set_permissions(path, Permissions::from_mode(self.mode(info)))
+            fs::set_permissions(path, Permissions::from_mode(dir.mode))
                 .map_err(|e| Error::io("set mode of", path, e))?;
-            let mtime = FileTime::from_unix_time(info.mtime, 0);
+            let mtime = FileTime::from_unix_time(dir.mtime, 0);
             filetime::set_symlink_file_times(path, mtime, mtime)
                 .map_err(|e| Error::io("set mtime of", path, e))?;
         }

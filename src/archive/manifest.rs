@@ -302,6 +302,7 @@ mod tests {
                 size: 10,
                 md5: "m".into(),
                 sha256: "s".into(),
+                last: true,
             }],
             sha256: "s".into(),
             bytes_out: 10,
@@ -382,6 +383,7 @@ mod tests {
                     size: 0,
                     md5: String::new(),
                     sha256: String::new(),
+                    last: true,
                 });
                 s
             })

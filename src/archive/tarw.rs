@@ -273,4 +273,20 @@ mod tests {
         assert_eq!(e.link_name_bytes().unwrap().as_ref(), target.as_bytes());
         assert!(entries.next().is_none());
     }
+
+    #[test]
+    fn sizes_over_8_gib_get_a_pax_record() {
+        let mut w = TarWriter::new(Vec::new());
+        let mut m = meta(Kind::File, b"big", None, 10 << 30);
+        m.uid = 0;
+        m.mtime = 1;
+        m.user = None;
+        w.header(&m).unwrap();
+        let bytes = w.out().clone();
+        let text = String::from_utf8_lossy(&bytes[512..1024]);
+        assert!(text.contains("size=10737418240\n"), "{text}");
+        let header = Header::from_byte_slice(&bytes[1024..1536]);
+        assert_eq!(header.entry_type(), EntryType::Regular);
+        assert_eq!(header.size().unwrap(), 10 << 30, "base-256 fallback too");
+    }
 }

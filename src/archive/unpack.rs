@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::crypt::{self, DecryptKey};
 use super::error::{Error, Result};
 use super::filter::Includes;
+use super::pipe::{self, PipeReader};
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 const AGE_MAGIC: &[u8] = b"age-encryption.org/";
@@ -95,15 +96,14 @@ pub struct ListSummary {
 /// [`Error::Zstd`] for a corrupt or truncated stream, [`Error::Tar`] for a
 /// malformed tar, [`Error::Cancelled`].
 pub fn list(
-    input: impl Read,
+    input: impl Read + Send,
     opts: &ListOptions,
     cancel: &CancellationToken,
     each: &mut dyn FnMut(&EntryInfo),
 ) -> Result<ListSummary> {
     let includes = Includes::new(&opts.include)?;
     let mut summary = ListSummary::default();
-    let mut archive = open(input, &opts.keys)?;
-    for_each_entry(&mut archive, cancel, |entry| {
+    walk(input, &opts.keys, cancel, |entry| {
         let info = entry_info(entry)?;
         if includes.is_selected(&info.path) {
             summary.entries += 1;
@@ -112,41 +112,66 @@ pub fn list(
         }
         Ok(())
     })?;
-    drain(archive)?;
     Ok(summary)
 }
 
-pub(crate) type Archive<'a> = tar::Archive<Box<dyn Read + 'a>>;
+/// The tar stream as the entry callbacks see it.
+pub(crate) type TarSource = BufReader<PipeReader>;
+
+/// Decodes `input` on a helper thread and runs `f` on each tar entry on
+/// this one; then reads what follows the tar end marker, so that the zstd
+/// checksum of the last frame and the final age chunk are verified and
+/// truncation is seen.
+pub(crate) fn walk(
+    input: impl Read + Send,
+    keys: &[DecryptKey],
+    cancel: &CancellationToken,
+    mut f: impl FnMut(&mut tar::Entry<'_, TarSource>) -> Result<()>,
+) -> Result<()> {
+    let decoded = open(input, keys)?;
+    std::thread::scope(|scope| {
+        let reader = pipe::spawn(scope, decoded)
+            .map_err(|e| Error::io("start the decompression thread", PathBuf::new(), e))?;
+        let mut archive = tar::Archive::new(BufReader::with_capacity(TAR_BUF, reader));
+        let entries = archive.entries().map_err(|e| read_error(e, ""))?;
+        for entry in entries {
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let mut entry = entry.map_err(|e| read_error(e, ""))?;
+            f(&mut entry)?;
+        }
+        let mut rest = archive.into_inner();
+        io::copy(&mut rest, &mut io::sink()).map_err(|e| read_error(e, ""))?;
+        Ok(())
+    })
+}
+
+/// The decompressed tar stream, errors tagged with their layer.
+type Decoded<'a> = Box<dyn Read + Send + 'a>;
 
 /// Opens the decoding pipeline, detecting age and zstd by their magic.
-pub(crate) fn open<'a>(input: impl Read + 'a, keys: &[DecryptKey]) -> Result<Archive<'a>> {
+fn open<'a>(input: impl Read + Send + 'a, keys: &[DecryptKey]) -> Result<Decoded<'a>> {
     let (head, input) = peek(Tagged::new(input, Layer::Input))?;
-    let compressed: Box<dyn Read + 'a> = if head.starts_with(&ZSTD_MAGIC) {
+    let compressed: Decoded<'a> = if head.starts_with(&ZSTD_MAGIC) {
         input
     } else if head.starts_with(AGE_MAGIC) || head.starts_with(AGE_ARMOR) {
-        let plain = crypt::decrypt(input, keys)?;
+        let plain = crypt::decrypt(input, head.starts_with(AGE_ARMOR), keys)?;
         Box::new(Tagged::new(plain, Layer::Age))
     } else {
         return Err(Error::UnknownFormat);
     };
-    let mut decoder =
-        zstd::stream::read::Decoder::new(compressed).map_err(|source| Error::Zstd {
-            action: "configure",
-            source,
-        })?;
-    decoder
-        .window_log_max(WINDOW_LOG_MAX)
-        .map_err(|source| Error::Zstd {
-            action: "configure",
-            source,
-        })?;
-    let tagged = Tagged::new(decoder, Layer::Zstd);
-    let reader: Box<dyn Read + 'a> = Box::new(BufReader::with_capacity(TAR_BUF, tagged));
-    Ok(tar::Archive::new(reader))
+    let configure = |source| Error::Zstd {
+        action: "configure",
+        source,
+    };
+    let mut decoder = zstd::stream::read::Decoder::new(compressed).map_err(configure)?;
+    decoder.window_log_max(WINDOW_LOG_MAX).map_err(configure)?;
+    Ok(Box::new(Tagged::new(decoder, Layer::Zstd)))
 }
 
 /// Reads the first bytes to detect the format, then puts them back.
-fn peek<'a, R: Read + 'a>(mut input: R) -> Result<(Vec<u8>, Box<dyn Read + 'a>)> {
+fn peek<'a, R: Read + Send + 'a>(mut input: R) -> Result<(Vec<u8>, Decoded<'a>)> {
     let mut head = vec![0u8; AGE_ARMOR.len()];
     let mut n = 0;
     while n < head.len() {
@@ -160,31 +185,6 @@ fn peek<'a, R: Read + 'a>(mut input: R) -> Result<(Vec<u8>, Box<dyn Read + 'a>)>
     head.truncate(n);
     let chained = io::Cursor::new(head.clone()).chain(input);
     Ok((head, Box::new(chained)))
-}
-
-/// Runs `f` on each tar entry, mapping errors to the layer that caused them.
-pub(crate) fn for_each_entry<'a>(
-    archive: &mut Archive<'a>,
-    cancel: &CancellationToken,
-    mut f: impl FnMut(&mut tar::Entry<'_, Box<dyn Read + 'a>>) -> Result<()>,
-) -> Result<()> {
-    let entries = archive.entries().map_err(|e| read_error(e, ""))?;
-    for entry in entries {
-        if cancel.is_cancelled() {
-            return Err(Error::Cancelled);
-        }
-        let mut entry = entry.map_err(|e| read_error(e, ""))?;
-        f(&mut entry)?;
-    }
-    Ok(())
-}
-
-/// Reads what follows the tar end marker, so that the zstd checksum of the
-/// last frame and the final age chunk are verified and truncation is seen.
-pub(crate) fn drain(archive: Archive<'_>) -> Result<()> {
-    let mut rest = archive.into_inner();
-    io::copy(&mut rest, &mut io::sink()).map_err(|e| read_error(e, ""))?;
-    Ok(())
 }
 
 /// Which stage of the read pipeline an I/O error came from.

@@ -7,9 +7,10 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use md5::Md5;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use super::digest::Digester;
 
 /// Size and digests of one volume, as produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,13 +23,18 @@ pub struct VolumeInfo {
     pub md5: String,
     /// Lowercase hex SHA-256.
     pub sha256: String,
+    /// True for the final volume of the archive (so a sink can name a
+    /// single-volume archive differently from the first of several).
+    pub last: bool,
 }
 
 /// Where [`pack`](super::pack) sends the archive bytes.
 ///
 /// The backup run implements this: a spool file per volume, or a channel
 /// to an upload. Volumes are produced one after the other: `begin_volume`,
-/// any number of `write`s, `end_volume`, then the next volume.
+/// any number of `write`s, `end_volume`, then the next volume. A full
+/// volume is ended when the first byte of the next one is ready (or the
+/// archive ends), so [`VolumeInfo::last`] is known in `end_volume`.
 pub trait VolumeSink {
     /// A new volume starts (`index` is 1-based).
     ///
@@ -178,9 +184,7 @@ pub(crate) struct Splitter<'s> {
     index: u32,
     open: bool,
     len: u64,
-    md5: Md5,
-    sha: Sha256,
-    total: Sha256,
+    digester: Digester,
     total_len: u64,
     volumes: Vec<VolumeInfo>,
     flow: Rc<Flow>,
@@ -191,20 +195,18 @@ impl<'s> Splitter<'s> {
         sink: &'s mut dyn VolumeSink,
         volume_size: Option<u64>,
         flow: Rc<Flow>,
-    ) -> Self {
-        Self {
+    ) -> io::Result<Self> {
+        Ok(Self {
             sink,
             volume_size,
             index: 0,
             open: false,
             len: 0,
-            md5: Md5::new(),
-            sha: Sha256::new(),
-            total: Sha256::new(),
+            digester: Digester::start()?,
             total_len: 0,
             volumes: Vec::new(),
             flow,
-        }
+        })
     }
 
     fn fail(&self, source: io::Error) -> io::Error {
@@ -222,13 +224,15 @@ impl<'s> Splitter<'s> {
         self.sink.begin_volume(index).map_err(|e| self.fail(e))
     }
 
-    fn end(&mut self) -> io::Result<()> {
+    fn end(&mut self, last: bool) -> io::Result<()> {
         self.open = false;
+        let (md5, sha256) = self.digester.end_volume()?;
         let info = VolumeInfo {
             index: self.index,
             size: self.len,
-            md5: hex::encode(std::mem::take(&mut self.md5).finalize()),
-            sha256: hex::encode(std::mem::take(&mut self.sha).finalize()),
+            md5,
+            sha256,
+            last,
         };
         self.sink.end_volume(&info).map_err(|e| self.fail(e))?;
         self.volumes.push(info);
@@ -238,13 +242,13 @@ impl<'s> Splitter<'s> {
 
     /// Closes the last volume; returns the volumes and the whole-stream SHA-256.
     pub(crate) fn finish(mut self) -> io::Result<(Vec<VolumeInfo>, String, u64)> {
-        if self.open || self.volumes.is_empty() {
-            if !self.open {
-                self.begin()?;
-            }
-            self.end()?;
+        if !self.open && self.volumes.is_empty() {
+            self.begin()?;
         }
-        let sha = hex::encode(self.total.finalize());
+        if self.open {
+            self.end(true)?;
+        }
+        let sha = self.digester.finish()?;
         Ok((self.volumes, sha, self.total_len))
     }
 }
@@ -253,23 +257,23 @@ impl Write for Splitter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut rest = buf;
         while !rest.is_empty() {
+            // A full volume is closed only when more bytes come, so that
+            // `end_volume` can tell whether it was the last one.
+            if self.open && self.volume_size == Some(self.len) {
+                self.end(false)?;
+            }
             if !self.open {
                 self.begin()?;
             }
             let room = self.volume_size.map_or(u64::MAX, |max| max - self.len);
             let n = usize::try_from(room).map_or(rest.len(), |room| room.min(rest.len()));
             let (chunk, tail) = rest.split_at(n);
-            self.md5.update(chunk);
-            self.sha.update(chunk);
-            self.total.update(chunk);
             self.sink.write(chunk).map_err(|e| self.fail(e))?;
+            self.digester.update(chunk)?;
             self.len += n as u64;
             self.total_len += n as u64;
             self.flow.bytes.set(self.total_len);
             rest = tail;
-            if self.volume_size == Some(self.len) {
-                self.end()?;
-            }
         }
         Ok(buf.len())
     }
@@ -328,6 +332,7 @@ impl<R: Read> Read for HashingReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use md5::Md5;
 
     #[derive(Default)]
     struct Memory {
@@ -353,7 +358,7 @@ mod tests {
 
     fn split(data: &[u8], size: Option<u64>, chunk: usize) -> (Memory, Vec<VolumeInfo>, String) {
         let mut sink = Memory::default();
-        let mut s = Splitter::new(&mut sink, size, Rc::default());
+        let mut s = Splitter::new(&mut sink, size, Rc::default()).unwrap();
         for c in data.chunks(chunk) {
             s.write_all(c).unwrap();
         }
@@ -378,6 +383,10 @@ mod tests {
         }
         assert_eq!(sha, hex::encode(Sha256::digest(&data)));
         assert_eq!(sink.volumes.concat(), data);
+        assert_eq!(
+            vols.iter().map(|v| v.last).collect::<Vec<_>>(),
+            [false, false, true]
+        );
     }
 
     #[test]
@@ -385,6 +394,7 @@ mod tests {
         let data = vec![7u8; 8192];
         let (_, vols, _) = split(&data, Some(4096), 3000);
         assert_eq!(vols.len(), 2);
+        assert!(vols[1].last && !vols[0].last);
     }
 
     #[test]
@@ -392,6 +402,7 @@ mod tests {
         let (_, vols, _) = split(&[], None, 1);
         assert_eq!(vols.len(), 1);
         assert_eq!(vols[0].size, 0);
+        assert!(vols[0].last);
     }
 
     #[test]
@@ -409,9 +420,21 @@ mod tests {
             }
         }
         let mut sink = Failing;
-        let mut s = Splitter::new(&mut sink, None, Rc::default());
+        let mut s = Splitter::new(&mut sink, None, Rc::default()).unwrap();
         let err = s.write_all(b"x").unwrap_err();
         let failure = err.into_inner().unwrap().downcast::<SinkFailure>().unwrap();
         assert_eq!(failure.index, 1);
+    }
+
+    #[test]
+    fn hashing_reader_hashes_what_passes() {
+        let mut r = HashingReader::new(&b"hello world"[..]);
+        assert!(r.is_empty());
+        let mut out = String::new();
+        r.read_to_string(&mut out).unwrap();
+        assert_eq!(r.len(), 11);
+        let (sha, len) = r.finish();
+        assert_eq!(len, 11);
+        assert_eq!(sha, hex::encode(Sha256::digest(b"hello world")));
     }
 }

@@ -756,6 +756,20 @@ fn synback_lists_and_restores_what_real_tools_pack() {
     lo.keys = vec![DecryptKey::IdentityFile(key.clone())];
     let n = archive::list(fs::File::open(&sealed).unwrap(), &lo, &never(), &mut |_| {}).unwrap();
     assert_eq!(n.entries, listed.len() as u64);
+    let armored = tmp.path().join("gnu.tar.zst.asc");
+    sh(&format!(
+        "age -a -r {public} -o '{a}' '{p}'",
+        a = armored.display(),
+        p = plain.display()
+    ));
+    let n = archive::list(
+        fs::File::open(&armored).unwrap(),
+        &lo,
+        &never(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(n.entries, listed.len() as u64, "armored age input");
 
     let out = tmp.path().join("out");
     let mut u = UnpackOptions::new(&out);
@@ -922,4 +936,170 @@ fn truncated_age_stream_is_refused() {
 fn garbage_is_not_an_archive() {
     let err = unpack_hostile(b"PK\x03\x04 definitely a zip", |_| {});
     assert!(matches!(err, Error::UnknownFormat), "{err:?}");
+}
+
+#[test]
+fn one_file_system_stays_on_the_source_device() {
+    let (dev, pts) = (Path::new("/dev"), Path::new("/dev/pts"));
+    let same =
+        |a: &Path, b: &Path| fs::metadata(a).unwrap().dev() == fs::metadata(b).unwrap().dev();
+    if !pts.is_dir() || same(dev, pts) {
+        eprintln!("SKIPPED: /dev/pts is not a separate mount here");
+        return;
+    }
+    let mut o = opts(&[dev]);
+    o.one_file_system = true;
+    let (bytes, summary) = pack_to_vec(&o);
+    assert!(
+        summary.counts.special > 0,
+        "device files are skipped with a warning"
+    );
+    let mut names = Vec::new();
+    archive::list(&bytes[..], &ListOptions::default(), &never(), &mut |e| {
+        names.push(e.path.clone())
+    })
+    .unwrap();
+    assert!(
+        names.contains(&PathBuf::from("dev/pts")),
+        "the mount point itself is kept"
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|p| p.starts_with("dev/pts") && p != Path::new("dev/pts")),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn cancel_stops_unpack_and_list() {
+    let bytes = good_archive();
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let tmp = TempDir::new().unwrap();
+    let err = archive::unpack(&bytes[..], &UnpackOptions::new(tmp.path()), &cancel).unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err:?}");
+    let err = archive::list(&bytes[..], &ListOptions::default(), &cancel, &mut |_| {}).unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err:?}");
+}
+
+#[test]
+fn a_file_even_root_cannot_read_is_reported_not_dropped() {
+    // Write-only sysfs attribute: open() fails with EACCES, even for root.
+    let wo = Path::new("/sys/bus/pci/rescan");
+    if fs::File::open(wo).is_ok() || !wo.exists() {
+        eprintln!("SKIPPED: no unreadable sysfs attribute here");
+        return;
+    }
+    let tmp = TempDir::new().unwrap();
+    fs::write(tmp.path().join("ok"), "fine").unwrap();
+    let (bytes, summary) = pack_to_vec(&opts(&[tmp.path(), wo]));
+    assert_eq!(summary.counts.unreadable, 1);
+    assert!(summary.is_partial());
+    assert_eq!(summary.issues[0].path, wo);
+    assert_eq!(summary.issues[0].kind, IssueKind::Unreadable);
+    assert!(
+        summary.issues[0].reason.contains("cannot open"),
+        "{:?}",
+        summary.issues
+    );
+    let listed = archive::list(&bytes[..], &ListOptions::default(), &never(), &mut |_| {}).unwrap();
+    assert_eq!(listed.entries, 2, "the readable part is archived");
+}
+
+#[test]
+fn only_the_final_volume_is_marked_last() {
+    let tmp = TempDir::new().unwrap();
+    fs::write(tmp.path().join("noise"), noise(50_000)).unwrap();
+    let mut o = opts(&[tmp.path()]);
+    o.volume_size = Some(20_000);
+    let mut sink = Volumes::default();
+    let summary = archive::pack(&o, &mut sink, &|_| {}, &never()).unwrap();
+    let last: Vec<bool> = sink.infos.iter().map(|v| v.last).collect();
+    assert_eq!(last.len(), summary.volumes.len());
+    assert!(last.len() >= 3);
+    assert!(last[..last.len() - 1].iter().all(|l| !l) && last[last.len() - 1]);
+    o.volume_size = None;
+    let (_, single) = pack_to_vec(&o);
+    assert!(single.volumes[0].last);
+}
+
+#[test]
+fn owners_are_restored_when_root() {
+    let tmp = TempDir::new().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), "x").unwrap();
+    std::os::unix::fs::symlink("f", src.join("l")).unwrap();
+    if std::os::unix::fs::lchown(src.join("f"), Some(1234), Some(2345)).is_err() {
+        eprintln!("SKIPPED: not root, cannot set owners");
+        return;
+    }
+    std::os::unix::fs::lchown(src.join("l"), Some(1235), Some(2346)).unwrap();
+    let (bytes, _) = pack_to_vec(&opts(&[&src]));
+    let out = tmp.path().join("out");
+    unpack_into(&bytes, &out);
+    let f = fs::symlink_metadata(out.join("src/f")).unwrap();
+    assert_eq!((f.uid(), f.gid()), (1234, 2345));
+    let l = fs::symlink_metadata(out.join("src/l")).unwrap();
+    assert_eq!((l.uid(), l.gid()), (1235, 2346));
+
+    let mut o = UnpackOptions::new(tmp.path().join("out2"));
+    o.restore_owner = Some(false);
+    archive::unpack(&bytes[..], &o, &never()).unwrap();
+    assert_eq!(
+        fs::metadata(tmp.path().join("out2/src/f")).unwrap().uid(),
+        0
+    );
+}
+
+#[test]
+fn overwriting_a_hard_link_with_itself_leaves_no_temporary_file() {
+    let tmp = TempDir::new().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), "same").unwrap();
+    fs::hard_link(src.join("a"), src.join("b")).unwrap();
+    let (bytes, _) = pack_to_vec(&opts(&[&src]));
+    let out = tmp.path().join("out");
+    unpack_into(&bytes, &out);
+    let mut o = UnpackOptions::new(&out);
+    o.overwrite = true;
+    archive::unpack(&bytes[..], &o, &never()).unwrap();
+    let mut names: Vec<_> = fs::read_dir(out.join("src"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "b"]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Damaged archives fail cleanly: no panic, nothing outside the target.
+    #[test]
+    fn damaged_archives_never_escape(
+        cut in any::<prop::sample::Index>(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..), 0..4),
+    ) {
+        let mut bytes = hostile(&[
+            (T::Directory, "d/", ""),
+            (T::Regular, "d/f", ""),
+            (T::Symlink, "d/l", "f"),
+            (T::Link, "d/h", "d/f"),
+        ]);
+        for (ix, x) in &flips {
+            let i = ix.index(bytes.len());
+            bytes[i] ^= x;
+        }
+        bytes.truncate(cut.index(bytes.len() + 1));
+        let tmp = TempDir::new().unwrap();
+        let target = tmp.path().join("target");
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        let _ = archive::unpack(&bytes[..], &UnpackOptions::new(&target), &never());
+        prop_assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+        prop_assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 2);
+    }
 }

@@ -2,5 +2,7 @@
 //!
 //! See `README.md` for the user's view and `docs/` for the design notes.
 
+pub mod repo;
+pub mod retention;
 pub mod secret;
 pub mod totp;

@@ -1,0 +1,35 @@
+//! The remote layout of a job folder and the storage trait it is written
+//! against.
+//!
+//! - [`target`]: the small async [`Target`] trait (put, md5, list, get,
+//!   rename, delete, ensure_folder), its [`Error`](target::Error) and the
+//!   [`TargetExt`] conveniences.
+//! - [`MemoryTarget`], and the wrappers [`FlakyTarget`] (fault injection)
+//!   and [`DryRunTarget`] (records changes instead of making them).
+//! - [`layout`]: job names, snapshot ids and file names.
+//! - [`listing`]: a folder listing classified into snapshots, orphans,
+//!   partials, the lock and foreign files; [`plan_cleanup`].
+//! - [`lock`]: the `.lock` file that keeps two writers apart.
+//!
+//! This module must not know DSM JSON or HTTP (the DSM adapter only calls
+//! the `dsm` client), nor the archive format; the backup and restore code
+//! uses it, never the other way round.
+
+pub mod dry_run;
+pub mod flaky;
+pub mod layout;
+pub mod listing;
+pub mod lock;
+pub mod memory;
+pub mod target;
+
+#[cfg(any(test, feature = "test-util", feature = "emulator"))]
+pub mod conformance;
+
+pub use dry_run::{DryRunAction, DryRunTarget};
+pub use flaky::{Fault, FlakyTarget};
+pub use layout::{Encryption, JobName, SnapshotId};
+pub use listing::{Listing, plan_cleanup};
+pub use lock::{Lock, LockInfo, LockOptions};
+pub use memory::MemoryTarget;
+pub use target::{PutBody, PutMode, RemoteEntry, Target, TargetExt};

@@ -98,8 +98,9 @@ impl SnapshotFiles {
         let encrypted = self
             .archives
             .iter()
-            .filter(|a| a.encryption == Encryption::Age);
-        if encrypted.count() % self.archives.len().max(1) != 0 {
+            .filter(|a| a.encryption == Encryption::Age)
+            .count();
+        if encrypted != 0 && encrypted != self.archives.len() {
             problems.push("plain and encrypted archive files mixed".to_owned());
         }
         problems

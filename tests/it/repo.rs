@@ -1,0 +1,191 @@
+//! The repo layer end to end over `MemoryTarget` (and, with the emulator,
+//! `DsmTarget`): conformance, a backup-shaped sequence of operations, lock
+//! contention, listing and cleanup of a large folder, and a dry-run forget.
+
+// Test helpers outside #[test] functions may fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use synback::repo::conformance;
+use synback::repo::layout::{Encryption, LOCK_NAME, partial_name};
+use synback::repo::lock::{self, Lock, LockInfo, LockOptions};
+use synback::repo::target::{ErrorKind, Operation};
+use synback::repo::{
+    DryRunAction, DryRunTarget, Fault, FlakyTarget, JobName, Listing, MemoryTarget, SnapshotId,
+    Target, TargetExt, plan_cleanup,
+};
+use synback::retention::{self, Policy};
+
+fn job() -> JobName {
+    JobName::new("home").unwrap()
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 4, 1, 3, 0, 0).unwrap()
+}
+
+/// Writes a snapshot the way the backup run does: partial, verify, rename,
+/// manifest last.
+async fn write_snapshot(target: &dyn Target, id: &SnapshotId, volumes: u32) {
+    for v in 1..=volumes {
+        let name = id.volume_name(Encryption::Plain, v).unwrap();
+        let partial = partial_name(&name);
+        let data = Bytes::from(format!("{name} data"));
+        target.put_bytes(&partial, data.clone()).await.unwrap();
+        let md5 = target.md5(&partial).await.unwrap();
+        assert_eq!(md5.len(), 32);
+        target.rename(&partial, &name).await.unwrap();
+    }
+    let manifest = id.manifest_name();
+    target
+        .put_bytes(&manifest, Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn memory_target_passes_conformance() {
+    conformance::run_all(&MemoryTarget::new()).await.unwrap();
+}
+
+#[tokio::test]
+async fn wrapped_targets_pass_conformance() {
+    let inner: Arc<dyn Target> = Arc::new(MemoryTarget::new());
+    conformance::run_all(&FlakyTarget::new(inner))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_backup_sequence_lists_as_one_complete_snapshot() {
+    let target = MemoryTarget::new();
+    target.ensure_folder().await.unwrap();
+    let id = SnapshotId::new(job(), t0());
+    let lock = Lock::acquire(
+        &target,
+        LockInfo::for_this_process(t0()).with_snapshot(&id),
+        &LockOptions::default(),
+        t0(),
+    )
+    .await
+    .unwrap();
+    write_snapshot(&target, &id, 3).await;
+    lock.release(&target).await.unwrap();
+
+    let listing = Listing::classify(&job(), target.list().await.unwrap());
+    assert_eq!(listing.snapshots.len(), 1);
+    assert_eq!(listing.snapshots[0].archives.len(), 3);
+    assert!(listing.snapshots[0].name_problems().is_empty());
+    assert!(listing.partials.is_empty() && listing.orphans.is_empty());
+    assert!(listing.lock.is_none());
+}
+
+#[tokio::test]
+async fn a_crash_before_the_manifest_leaves_no_snapshot() {
+    let target = FlakyTarget::new(MemoryTarget::with_folder());
+    let id = SnapshotId::new(job(), t0());
+    target.fail_next_on(
+        Operation::Put,
+        ".manifest.json",
+        Fault::Error(ErrorKind::NoSpace),
+    );
+    let name = id.archive_name(Encryption::Plain);
+    target
+        .put_bytes(&name, Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    let err = target
+        .put_bytes(&id.manifest_name(), Bytes::from_static(b"{}"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoSpace);
+    assert!(!err.is_retryable());
+
+    let listing = Listing::classify(&job(), target.list().await.unwrap());
+    assert!(listing.snapshots.is_empty());
+    assert_eq!(listing.orphans.len(), 1);
+    // A day later the orphan is cleaned up; the next snapshot is untouched.
+    let later = Utc::now() + TimeDelta::days(2);
+    let plan = plan_cleanup(&listing, later);
+    assert_eq!(plan.len(), 1);
+    assert_eq!(plan[0].name, name);
+}
+
+#[tokio::test]
+async fn two_writers_contend_for_the_lock() {
+    let target = Arc::new(MemoryTarget::with_folder());
+    let opts = LockOptions::default().local_host(None);
+    let first = Lock::acquire(&*target, LockInfo::new("nuc", 100, t0()), &opts, t0())
+        .await
+        .unwrap();
+    let err = Lock::acquire(&*target, LockInfo::new("pi", 200, t0()), &opts, t0())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, lock::Error::Locked { .. }));
+    assert!(err.to_string().contains("pid 100 on host nuc"), "{err}");
+    first.release(&*target).await.unwrap();
+    let second = Lock::acquire(&*target, LockInfo::new("pi", 200, t0()), &opts, t0())
+        .await
+        .unwrap();
+    assert_eq!(Lock::holder(&*target).await.unwrap().unwrap().pid, 200);
+    second.release(&*target).await.unwrap();
+    assert!(target.contents(LOCK_NAME).is_none());
+}
+
+#[tokio::test]
+async fn lock_errors_from_the_target_are_reported() {
+    let target = FlakyTarget::new(MemoryTarget::with_folder());
+    target.fail_next(Operation::Put, Fault::Error(ErrorKind::PermissionDenied));
+    let err = Lock::acquire(
+        &target,
+        LockInfo::new("nuc", 1, t0()),
+        &LockOptions::default(),
+        t0(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, lock::Error::Target { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn two_hundred_snapshots_forget_with_dry_run() {
+    let target = MemoryTarget::with_folder();
+    for i in 0..200 {
+        let id = SnapshotId::new(job(), t0() + TimeDelta::hours(6 * i));
+        write_snapshot(&target, &id, 1).await;
+    }
+    target.insert("notes.txt", &b"mine"[..], t0());
+    let listing = Listing::classify(&job(), target.list().await.unwrap());
+    assert_eq!(listing.snapshots.len(), 200);
+    assert_eq!(listing.foreign.len(), 1);
+
+    let now = t0() + TimeDelta::days(60);
+    let policy = Policy::default().last(2).daily(7).weekly(4);
+    let decisions = retention::apply(&listing.candidates(), &policy, now, chrono_tz::UTC);
+    let forget: Vec<&str> = decisions
+        .iter()
+        .filter(|d| !d.keep)
+        .map(|d| d.id.as_str())
+        .collect();
+    assert!(decisions[0].keep && decisions[0].reasons[0] == "newest");
+
+    let dry = DryRunTarget::new(target.clone());
+    for id in &forget {
+        let snap = listing
+            .snapshots
+            .iter()
+            .find(|s| s.id.to_string() == *id)
+            .unwrap();
+        for name in snap.deletion_order() {
+            dry.delete(&name).await.unwrap();
+        }
+    }
+    assert_eq!(dry.actions().len(), forget.len() * 2);
+    assert!(
+        matches!(&dry.actions()[0], DryRunAction::Delete { name } if name.ends_with(".manifest.json"))
+    );
+    assert_eq!(target.names().len(), 401, "dry run deleted something");
+}

@@ -2,6 +2,7 @@
 //!
 //! See `README.md` for the user's view and `docs/` for the design notes.
 
+pub mod dsm;
 pub mod repo;
 pub mod retention;
 pub mod secret;

@@ -3,6 +3,8 @@
 //! See `README.md` for the user's view and `docs/` for the design notes.
 
 pub mod dsm;
+#[cfg(feature = "emulator")]
+pub mod emulator;
 pub mod repo;
 pub mod retention;
 pub mod secret;

@@ -4,7 +4,8 @@
 //! - [`target`]: the small async [`Target`] trait (put, md5, list, get,
 //!   rename, delete, ensure_folder), its [`Error`](target::Error) and the
 //!   [`TargetExt`] conveniences.
-//! - [`MemoryTarget`], and the wrappers [`FlakyTarget`] (fault injection)
+//! - [`DsmTarget`] (the job folder on a NAS, through [`crate::dsm`]),
+//!   [`MemoryTarget`], and the wrappers [`FlakyTarget`] (fault injection)
 //!   and [`DryRunTarget`] (records changes instead of making them).
 //! - [`layout`]: job names, snapshot ids and file names.
 //! - [`listing`]: a folder listing classified into snapshots, orphans,
@@ -12,10 +13,11 @@
 //! - [`lock`]: the `.lock` file that keeps two writers apart.
 //!
 //! This module must not know DSM JSON or HTTP (the DSM adapter only calls
-//! the `dsm` client), nor the archive format; the backup and restore code
+//! the `dsm` client and maps its errors), nor the archive format; the backup and restore code
 //! uses it, never the other way round.
 
 pub mod dry_run;
+pub mod dsm_target;
 pub mod flaky;
 pub mod layout;
 pub mod listing;
@@ -27,6 +29,7 @@ pub mod target;
 pub mod conformance;
 
 pub use dry_run::{DryRunAction, DryRunTarget};
+pub use dsm_target::DsmTarget;
 pub use flaky::{Fault, FlakyTarget};
 pub use layout::{Encryption, JobName, SnapshotId};
 pub use listing::{Listing, plan_cleanup};

@@ -189,3 +189,143 @@ async fn two_hundred_snapshots_forget_with_dry_run() {
     );
     assert_eq!(target.names().len(), 401, "dry run deleted something");
 }
+
+/// `DsmTarget` against the emulator on 127.0.0.1:0.
+#[cfg(feature = "emulator")]
+mod on_the_emulator {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use super::*;
+    use synback::dsm::{Client, ClientOptions};
+    use synback::emulator::{Emulator, EmulatorConfig};
+    use synback::repo::DsmTarget;
+    use synback::secret::Secret;
+    use tempfile::TempDir;
+
+    struct Nas {
+        emu: Emulator,
+        _dir: TempDir,
+    }
+
+    async fn nas() -> Nas {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = EmulatorConfig::new(dir.path().join("root"), "alice", "pw");
+        let emu = Emulator::start(cfg, SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        Nas { emu, _dir: dir }
+    }
+
+    async fn target(nas: &Nas, path: &str) -> DsmTarget {
+        let mut opts = ClientOptions::new(nas.emu.url(), "alice", Secret::new("pw"));
+        opts.retry.max_retries = 3;
+        opts.retry.initial_delay = Duration::from_millis(5);
+        opts.retry.max_delay = Duration::from_millis(20);
+        let client = Client::connect(opts).await.unwrap();
+        DsmTarget::new(client, "backup", path, &job()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn dsm_target_passes_conformance() {
+        let nas = nas().await;
+        let target = target(&nas, "hosts/pi/").await;
+        assert_eq!(target.to_string(), "dsm:/backup/hosts/pi/home");
+        conformance::run_all(&target).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn quota_and_full_disk_are_told_apart() {
+        let nas = nas().await;
+        let target = target(&nas, "q").await;
+        target.ensure_folder().await.unwrap();
+        for (code, kind) in [(415, ErrorKind::QuotaExceeded), (416, ErrorKind::NoSpace)] {
+            nas.emu.faults().update(|f| {
+                f.quota_bytes = Some(10);
+                f.quota_code = code;
+            });
+            let err = target
+                .put_bytes("big", Bytes::from(vec![0u8; 100]))
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), kind, "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn corruption_on_the_nas_shows_in_its_md5() {
+        let nas = nas().await;
+        let target = target(&nas, "").await;
+        target.ensure_folder().await.unwrap();
+        nas.emu.faults().update(|f| f.corrupt_uploads = 1);
+        let data = Bytes::from_static(b"precious bytes");
+        target.put_bytes("a.partial", data.clone()).await.unwrap();
+        let local = format!("{:x}", md5_of(&data));
+        assert_ne!(target.md5("a.partial").await.unwrap(), local);
+        target.put_bytes("a.partial", data).await.unwrap();
+        assert_eq!(target.md5("a.partial").await.unwrap(), local);
+    }
+
+    fn md5_of(data: &[u8]) -> impl std::fmt::LowerHex {
+        use md5::Digest;
+        u128::from_be_bytes(md5::Md5::digest(data).into())
+    }
+
+    #[tokio::test]
+    async fn busy_nas_and_expired_sessions_are_ridden_out() {
+        let nas = nas().await;
+        let target = target(&nas, "busy").await;
+        target.ensure_folder().await.unwrap();
+        nas.emu.faults().update(|f| {
+            f.busy_every = Some(3);
+            f.expire_session_after = Some(5);
+        });
+        for i in 0..5 {
+            let id = SnapshotId::new(job(), t0() + TimeDelta::days(i));
+            write_snapshot(&target, &id, 2).await;
+        }
+        nas.emu.faults().clear();
+        let listing = Listing::classify(&job(), target.list().await.unwrap());
+        assert_eq!(listing.snapshots.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn lock_on_the_nas() {
+        let nas = nas().await;
+        let target = target(&nas, "locks").await;
+        target.ensure_folder().await.unwrap();
+        let opts = LockOptions::default().local_host(None);
+        let lock = Lock::acquire(&target, LockInfo::new("nuc", 1, t0()), &opts, t0())
+            .await
+            .unwrap();
+        let err = Lock::acquire(&target, LockInfo::new("pi", 2, t0()), &opts, t0())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, lock::Error::Locked { .. }), "{err}");
+        lock.release(&target).await.unwrap();
+        assert!(target.list().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_upload_is_transient() {
+        let nas = nas().await;
+        let target = target(&nas, "drop").await;
+        target.ensure_folder().await.unwrap();
+        nas.emu.faults().update(|f| {
+            f.drop_upload_after = Some(64 * 1024);
+            f.drop_upload_times = Some(1);
+        });
+        let data = Bytes::from(vec![1u8; 2 * 1024 * 1024]);
+        let len = data.len() as u64;
+        let body = futures_util::stream::iter(
+            data.chunks(32 * 1024)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect::<Vec<std::io::Result<Bytes>>>(),
+        );
+        let err = target
+            .put("v.partial", Box::pin(body), Some(len))
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+    }
+}

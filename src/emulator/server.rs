@@ -17,6 +17,7 @@ use axum::{
     response::Response,
     routing::any,
 };
+use futures_util::StreamExt;
 use serde_json::json;
 
 use super::{
@@ -161,8 +162,9 @@ async fn serve(
     };
     let response = if multipart {
         if shared.strict_content_length && declared.is_none() {
-            // DSM 5.2 and the strict mode: chunked uploads are refused.
-            rec.params = call.params.clone();
+            // DSM 5.2 and the strict mode: chunked uploads are refused. The
+            // body is read first so that the client gets to see the answer.
+            discard(body).await;
             note_call(rec, &call.params);
             return api_reply(rec, Err(Fail::new(code::UPLOAD_LENGTH)));
         }
@@ -227,6 +229,12 @@ fn credentials(headers: &HeaderMap) -> Credentials {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
     }
+}
+
+/// Reads and drops a whole body.
+async fn discard(body: Body) {
+    let mut data = body.into_data_stream();
+    while let Some(Ok(_)) = data.next().await {}
 }
 
 /// Reads a small non-multipart body as form text.

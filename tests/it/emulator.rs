@@ -2,6 +2,9 @@
 //! synback's DSM client: every call, every error code it promises, and one
 //! test per fault.
 
+// Test helpers outside `#[test]` functions may fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
@@ -1545,7 +1548,7 @@ fn cli_prints_its_url_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "pw\n").unwrap();
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin!("synback"))
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin!("synback"))
         .args([
             "nas-emulator",
             "--listen",

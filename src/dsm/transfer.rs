@@ -23,7 +23,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use super::api;
 use super::client::{Attempts, Client, Session, check_status, with_token};
 use super::error::{Error, Result};
-use super::params::Params;
+use super::params::{Format, Params};
 use super::path::{RemotePath, check_name};
 use super::wire::decode;
 
@@ -220,7 +220,9 @@ impl Client {
             .mime_str("application/octet-stream")
             .map_err(|e| Error::http(api::UPLOAD, "upload", e))?;
         let mut form = Form::new().text("_sid", session.sid.expose().to_owned());
-        for (key, value) in upload_fields(endpoint.version, folder, &opts).encode(endpoint.format) {
+        // Multipart text fields go plain whatever `requestFormat` says: that is
+        // what DSM's own web client and every published example send.
+        for (key, value) in upload_fields(endpoint.version, folder, &opts).encode(Format::Plain) {
             form = form.text(key, value);
         }
         let form = form.part("file", part);
@@ -578,7 +580,6 @@ async fn watch_idle<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dsm::params::Format;
 
     #[test]
     fn upload_fields_follow_the_version() {

@@ -1,4 +1,5 @@
 //! Integration tests, one binary, one module per topic.
 
+mod dsm;
 mod emulator;
 mod repo;

@@ -13,9 +13,11 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
+use chrono_tz::Tz;
+
 use super::layout::{Encryption, FileKind, JobName, SnapshotId, parse_name};
-use super::target::RemoteEntry;
-use crate::retention::Candidate;
+use super::target::{self, RemoteEntry, Target, TargetExt};
+use crate::retention::{self, Candidate, Decision, Policy};
 
 /// One archive file (single volume or one volume) of a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +211,18 @@ impl Listing {
         listing
     }
 
+    /// Lists the job folder behind `target` and classifies it; a folder
+    /// that does not exist yet gives an empty listing.
+    ///
+    /// # Errors
+    /// The target's error when listing fails.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: it only reads.
+    pub async fn load(target: &dyn Target, job: &JobName) -> Result<Self, target::Error> {
+        Ok(Self::classify(job, target.list_or_empty().await?))
+    }
+
     /// The newest complete snapshot.
     pub fn latest(&self) -> Option<&SnapshotFiles> {
         self.snapshots.last()
@@ -228,6 +242,36 @@ impl Listing {
     pub fn candidates(&self) -> Vec<Candidate> {
         self.snapshots.iter().map(Candidate::from).collect()
     }
+}
+
+/// What `forget` would do: a decision per complete snapshot and the files
+/// to delete for the forgotten ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ForgetPlan {
+    /// One decision per complete snapshot, newest first.
+    pub decisions: Vec<Decision>,
+    /// Files to delete, snapshot by snapshot (oldest first), each
+    /// snapshot's manifest before its archives.
+    pub delete: Vec<String>,
+}
+
+/// Applies `policy` to the complete snapshots of `listing` (see
+/// [`retention::apply`]). Orphans, partials and foreign files are never
+/// part of the plan; the newest complete snapshot is always kept. Call it
+/// only after a successful run.
+pub fn plan_forget(listing: &Listing, policy: &Policy, now: DateTime<Utc>, tz: Tz) -> ForgetPlan {
+    let decisions = retention::apply(&listing.candidates(), policy, now, tz);
+    let delete = listing
+        .snapshots
+        .iter()
+        .filter(|s| {
+            let id = s.id.to_string();
+            decisions.iter().any(|d| !d.keep && d.id == id)
+        })
+        .flat_map(SnapshotFiles::deletion_order)
+        .collect();
+    ForgetPlan { decisions, delete }
 }
 
 /// How old leftovers must be before [`plan_cleanup_with`] removes them.
@@ -437,6 +481,36 @@ mod tests {
         assert_eq!(listing.partials[0].age(t(2, 6)), TimeDelta::hours(30));
         assert_eq!(plan_cleanup(&listing, t(1, 23)).len(), 0);
         assert_eq!(plan_cleanup(&listing, t(2, 0)).len(), 1);
+    }
+
+    #[test]
+    fn forget_plan_deletes_manifests_first_and_keeps_the_rest() {
+        let listing = Listing::classify(&job(), sample());
+        let plan = plan_forget(
+            &listing,
+            &Policy::default().last(1),
+            t(9, 0),
+            chrono_tz::UTC,
+        );
+        assert_eq!(plan.decisions.len(), 2);
+        assert_eq!(
+            plan.delete,
+            [
+                "pc-20260101T000000Z.manifest.json",
+                "pc-20260101T000000Z.tar.zst"
+            ]
+        );
+        let keep_all = plan_forget(&listing, &Policy::default(), t(9, 0), chrono_tz::UTC);
+        assert!(keep_all.delete.is_empty());
+    }
+
+    #[tokio::test]
+    async fn load_treats_a_missing_folder_as_empty() {
+        let target = crate::repo::MemoryTarget::new();
+        assert_eq!(
+            Listing::load(&target, &job()).await.unwrap(),
+            Listing::default()
+        );
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!   and [`DryRunTarget`] (records changes instead of making them).
 //! - [`layout`]: job names, snapshot ids and file names.
 //! - [`listing`]: a folder listing classified into snapshots, orphans,
-//!   partials, the lock and foreign files; [`plan_cleanup`].
+//!   partials, the lock and foreign files; [`plan_forget`] and
+//!   [`plan_cleanup`].
 //! - [`lock`]: the `.lock` file that keeps two writers apart.
 //!
 //! This module must not know DSM JSON or HTTP (the DSM adapter only calls
@@ -32,7 +33,7 @@ pub use dry_run::{DryRunAction, DryRunTarget};
 pub use dsm_target::DsmTarget;
 pub use flaky::{Fault, FlakyTarget};
 pub use layout::{Encryption, JobName, SnapshotId};
-pub use listing::{Listing, plan_cleanup};
+pub use listing::{ForgetPlan, Listing, plan_cleanup, plan_forget};
 pub use lock::{Lock, LockInfo, LockOptions};
 pub use memory::MemoryTarget;
 pub use target::{PutBody, PutMode, RemoteEntry, Target, TargetExt};

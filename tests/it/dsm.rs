@@ -31,7 +31,9 @@ async fn start_with(change: impl FnOnce(&mut EmulatorConfig)) -> Nas {
     let root = tempfile::tempdir().unwrap();
     let mut cfg = EmulatorConfig::new(root.path(), USER, Secret::new(PASSWORD));
     change(&mut cfg);
-    let emu = Emulator::start(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let emu = Emulator::start(cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     Nas { emu, _root: root }
 }
 
@@ -84,16 +86,33 @@ async fn every_call_round_trips() {
 
     assert_eq!(client.nas_info().await.unwrap().hostname, "synback-emu");
     let shares = client.list_shares().await.unwrap();
-    assert!(shares.iter().any(|s| s.name == "backup" && s.is_dir), "{shares:?}");
+    assert!(
+        shares.iter().any(|s| s.name == "backup" && s.is_dir),
+        "{shares:?}"
+    );
 
-    client.create_folder("/backup", "hosts", false).await.unwrap();
-    client.create_folder("/backup/hosts/pi", "job", true).await.unwrap();
-    client.check_permission("/backup/hosts/pi/job", "probe").await.unwrap();
+    client
+        .create_folder("/backup", "hosts", false)
+        .await
+        .unwrap();
+    client
+        .create_folder("/backup/hosts/pi", "job", true)
+        .await
+        .unwrap();
+    client
+        .check_permission("/backup/hosts/pi/job", "probe")
+        .await
+        .unwrap();
 
     let mut upload = UploadOptions::overwrite();
     upload.mtime_ms = Some(1_600_000_000_000);
     client
-        .upload("/backup/hosts/pi/job", "a.bin", bytes_body(b"hello world"), upload)
+        .upload(
+            "/backup/hosts/pi/job",
+            "a.bin",
+            bytes_body(b"hello world"),
+            upload,
+        )
         .await
         .unwrap();
     let listing = client.list("/backup/hosts/pi/job").await.unwrap();
@@ -118,23 +137,40 @@ async fn every_call_round_trips() {
     assert_eq!(md5, md5_hex(b"hello world"));
 
     let mut out = Vec::new();
-    let n = client.download("/backup/hosts/pi/job/a.bin", &mut out).await.unwrap();
+    let n = client
+        .download("/backup/hosts/pi/job/a.bin", &mut out)
+        .await
+        .unwrap();
     assert_eq!((n, out.as_slice()), (11, b"hello world".as_slice()));
-    let mut stream = client.download_stream("/backup/hosts/pi/job/a.bin").await.unwrap();
+    let mut stream = client
+        .download_stream("/backup/hosts/pi/job/a.bin")
+        .await
+        .unwrap();
     let mut streamed = Vec::new();
     while let Some(chunk) = stream.next().await {
         streamed.extend_from_slice(&chunk.unwrap());
     }
     assert_eq!(streamed, b"hello world");
 
-    client.rename("/backup/hosts/pi/job/a.bin", "b.bin").await.unwrap();
     client
-        .upload("/backup/hosts/pi/job", "c.bin", bytes_body(b"0123456789"), UploadOptions::overwrite())
+        .rename("/backup/hosts/pi/job/a.bin", "b.bin")
+        .await
+        .unwrap();
+    client
+        .upload(
+            "/backup/hosts/pi/job",
+            "c.bin",
+            bytes_body(b"0123456789"),
+            UploadOptions::overwrite(),
+        )
         .await
         .unwrap();
     assert_eq!(client.dir_size("/backup/hosts/pi/job").await.unwrap(), 21);
 
-    client.delete(&["/backup/hosts/pi/job/b.bin"], false).await.unwrap();
+    client
+        .delete(&["/backup/hosts/pi/job/b.bin"], false)
+        .await
+        .unwrap();
     let names: Vec<String> = client
         .list("/backup/hosts/pi/job")
         .await
@@ -155,7 +191,10 @@ async fn every_call_round_trips() {
 async fn errors_are_specific() {
     let nas = start().await;
     let client = connect(&nas).await;
-    let err = client.download("/backup/nope.bin", Vec::new()).await.unwrap_err();
+    let err = client
+        .download("/backup/nope.bin", Vec::new())
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
     assert!(err.to_string().contains("/backup/nope.bin"), "{err}");
 
@@ -213,7 +252,13 @@ async fn otp_from_a_totp_secret() {
 
     let err = Client::connect(opts(&nas)).await.unwrap_err();
     assert!(
-        matches!(err, Error::Login { refusal: LoginRefusal::OtpRequired, .. }),
+        matches!(
+            err,
+            Error::Login {
+                refusal: LoginRefusal::OtpRequired,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(err.to_string().contains("synback login"), "{err}");
@@ -233,7 +278,16 @@ async fn one_time_code_then_device_token_skips_otp() {
     let mut wrong = opts(&nas);
     wrong.otp = Some(OtpSource::Code(Secret::new("000000x")));
     let err = Client::connect(wrong).await.unwrap_err();
-    assert!(matches!(err, Error::Login { refusal: LoginRefusal::OtpWrong, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Login {
+                refusal: LoginRefusal::OtpWrong,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 
     let mut first = opts(&nas);
     first.otp = Some(OtpSource::Code(totp.now()));
@@ -256,11 +310,18 @@ async fn one_time_code_then_device_token_skips_otp() {
 async fn session_expiry_mid_sequence_is_transparent() {
     let nas = start().await;
     let client = connect(&nas).await;
-    nas.emu.faults().update(|f| f.expire_session_after = Some(3));
+    nas.emu
+        .faults()
+        .update(|f| f.expire_session_after = Some(3));
     for i in 0..10 {
         let name = format!("f{i}");
         client
-            .upload("/backup", &name, bytes_body(b"data"), UploadOptions::overwrite())
+            .upload(
+                "/backup",
+                &name,
+                bytes_body(b"data"),
+                UploadOptions::overwrite(),
+            )
             .await
             .unwrap();
         client.list("/backup").await.unwrap();
@@ -270,7 +331,11 @@ async fn session_expiry_mid_sequence_is_transparent() {
     let mut out = Vec::new();
     client.download("/backup/f3", &mut out).await.unwrap();
     assert_eq!(out, b"data");
-    assert!(logins(&nas) >= 5, "expected re-logins, saw {}", logins(&nas));
+    assert!(
+        logins(&nas) >= 5,
+        "expected re-logins, saw {}",
+        logins(&nas)
+    );
 }
 
 #[tokio::test]
@@ -282,15 +347,29 @@ async fn busy_codes_and_502s_are_retried() {
         f.http_502_every = Some(3);
     });
     for i in 0..6 {
-        client.create_folder("/backup", &format!("d{i}"), true).await.unwrap();
         client
-            .upload(&format!("/backup/d{i}"), "x", bytes_body(b"abc"), UploadOptions::overwrite())
+            .create_folder("/backup", &format!("d{i}"), true)
             .await
             .unwrap();
-        assert_eq!(client.list(&format!("/backup/d{i}")).await.unwrap().len(), 1);
+        client
+            .upload(
+                &format!("/backup/d{i}"),
+                "x",
+                bytes_body(b"abc"),
+                UploadOptions::overwrite(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            client.list(&format!("/backup/d{i}")).await.unwrap().len(),
+            1
+        );
     }
     let log = nas.emu.request_log();
-    assert!(log.iter().any(|r| r.fault.as_deref() == Some("busy")), "no busy fault seen");
+    assert!(
+        log.iter().any(|r| r.fault.as_deref() == Some("busy")),
+        "no busy fault seen"
+    );
     assert!(log.iter().any(|r| r.status == 502), "no 502 seen");
 }
 
@@ -311,7 +390,14 @@ async fn wrong_password_is_tried_once_with_a_clear_message() {
     wrong.password = Secret::new("not-the-password");
     let err = Client::connect(wrong).await.unwrap_err();
     assert!(
-        matches!(err, Error::Login { refusal: LoginRefusal::WrongPassword, code: 400, .. }),
+        matches!(
+            err,
+            Error::Login {
+                refusal: LoginRefusal::WrongPassword,
+                code: 400,
+                ..
+            }
+        ),
         "{err:?}"
     );
     let text = err.to_string();
@@ -331,7 +417,12 @@ async fn pinned_certificate_is_accepted_and_a_wrong_pin_refused() {
     pinned.tls.pin_sha256 = Some(pin.clone());
     let client = Client::connect(pinned).await.unwrap();
     client
-        .upload("/backup", "t", bytes_body(b"tls"), UploadOptions::overwrite())
+        .upload(
+            "/backup",
+            "t",
+            bytes_body(b"tls"),
+            UploadOptions::overwrite(),
+        )
         .await
         .unwrap();
 
@@ -356,7 +447,10 @@ fn chunked(data: Vec<u8>) -> UploadBody {
         .chunks(1000)
         .map(|c| Ok(Bytes::copy_from_slice(c)))
         .collect();
-    UploadBody::Stream { stream: futures_util::stream::iter(chunks).boxed(), len: None }
+    UploadBody::Stream {
+        stream: futures_util::stream::iter(chunks).boxed(),
+        len: None,
+    }
 }
 
 #[tokio::test]
@@ -364,7 +458,12 @@ async fn chunked_uploads_work_unless_the_nas_is_strict() {
     let lenient = start().await;
     let client = connect(&lenient).await;
     client
-        .upload("/backup", "s", chunked(vec![7; 5000]), UploadOptions::overwrite())
+        .upload(
+            "/backup",
+            "s",
+            chunked(vec![7; 5000]),
+            UploadOptions::overwrite(),
+        )
         .await
         .unwrap();
     assert!(!client.refuses_chunked_uploads());
@@ -373,29 +472,63 @@ async fn chunked_uploads_work_unless_the_nas_is_strict() {
     let strict = start_with(|cfg| cfg.strict_content_length = true).await;
     let client = connect(&strict).await;
     let err = client
-        .upload("/backup", "s", chunked(vec![7; 5000]), UploadOptions::overwrite())
+        .upload(
+            "/backup",
+            "s",
+            chunked(vec![7; 5000]),
+            UploadOptions::overwrite(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::LengthRequired { .. }), "{err:?}");
     assert!(client.refuses_chunked_uploads());
     let uploads_before = strict.emu.request_log().len();
     let err = client
-        .upload("/backup", "s", chunked(vec![7; 10]), UploadOptions::overwrite())
+        .upload(
+            "/backup",
+            "s",
+            chunked(vec![7; 10]),
+            UploadOptions::overwrite(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::LengthRequired { .. }), "{err:?}");
-    assert_eq!(strict.emu.request_log().len(), uploads_before, "no request once known");
+    assert_eq!(
+        strict.emu.request_log().len(),
+        uploads_before,
+        "no request once known"
+    );
 
     let stream = futures_util::stream::iter(vec![Ok(Bytes::from_static(b"known"))]).boxed();
-    let body = UploadBody::Stream { stream, len: Some(5) };
-    client.upload("/backup", "k", body, UploadOptions::overwrite()).await.unwrap();
+    let body = UploadBody::Stream {
+        stream,
+        len: Some(5),
+    };
+    client
+        .upload("/backup", "k", body, UploadOptions::overwrite())
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("f");
     std::fs::write(&file, vec![1u8; 300_000]).unwrap();
-    let body = UploadBody::File { path: file, len: 300_000 };
-    client.upload("/backup", "f", body, UploadOptions::overwrite()).await.unwrap();
-    assert_eq!(std::fs::read(strict.emu.share_path("backup").join("k")).unwrap(), b"known");
-    assert_eq!(std::fs::metadata(strict.emu.share_path("backup").join("f")).unwrap().len(), 300_000);
+    let body = UploadBody::File {
+        path: file,
+        len: 300_000,
+    };
+    client
+        .upload("/backup", "f", body, UploadOptions::overwrite())
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(strict.emu.share_path("backup").join("k")).unwrap(),
+        b"known"
+    );
+    assert_eq!(
+        std::fs::metadata(strict.emu.share_path("backup").join("f"))
+            .unwrap()
+            .len(),
+        300_000
+    );
 }
 
 #[tokio::test]
@@ -410,9 +543,18 @@ async fn dropped_file_upload_is_sent_again() {
     let file = dir.path().join("f");
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&file, &data).unwrap();
-    let body = UploadBody::File { path: file, len: data.len() as u64 };
-    client.upload("/backup", "f", body, UploadOptions::overwrite()).await.unwrap();
-    let md5 = client.md5("/backup/f", &CancellationToken::new()).await.unwrap();
+    let body = UploadBody::File {
+        path: file,
+        len: data.len() as u64,
+    };
+    client
+        .upload("/backup", "f", body, UploadOptions::overwrite())
+        .await
+        .unwrap();
+    let md5 = client
+        .md5("/backup/f", &CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(md5, md5_hex(&data));
 }
 
@@ -421,10 +563,17 @@ async fn md5_task_stops_on_cancel() {
     let nas = start().await;
     let client = connect(&nas).await;
     client
-        .upload("/backup", "m", bytes_body(b"abc"), UploadOptions::overwrite())
+        .upload(
+            "/backup",
+            "m",
+            bytes_body(b"abc"),
+            UploadOptions::overwrite(),
+        )
         .await
         .unwrap();
-    nas.emu.faults().update(|f| f.task_min_duration = Some(Duration::from_secs(30)));
+    nas.emu
+        .faults()
+        .update(|f| f.task_min_duration = Some(Duration::from_secs(30)));
     let cancel = CancellationToken::new();
     let trigger = cancel.clone();
     tokio::spawn(async move {
@@ -442,7 +591,9 @@ async fn md5_task_stops_on_cancel() {
 #[tokio::test]
 async fn a_waking_nas_is_waited_for() {
     let nas = start().await;
-    nas.emu.faults().update(|f| f.wake_delay = Some(Duration::from_millis(1500)));
+    nas.emu
+        .faults()
+        .update(|f| f.wake_delay = Some(Duration::from_millis(1500)));
     let mut slow = opts(&nas);
     slow.timeouts.call = Duration::from_millis(500);
     let client = Client::connect(slow).await.unwrap();
@@ -468,13 +619,23 @@ async fn diagnose_reports_the_nas_and_the_target() {
     let nas = start().await;
     let findings = synback::dsm::diagnose(opts(&nas), "backup", "hosts/pi").await;
     let text: Vec<String> = findings.iter().map(ToString::to_string).collect();
-    assert!(findings.iter().all(|f| f.level != Level::Problem), "{text:#?}");
+    assert!(
+        findings.iter().all(|f| f.level != Level::Problem),
+        "{text:#?}"
+    );
     assert!(text.iter().any(|t| t.contains("synback-emu")), "{text:#?}");
     assert!(text.iter().any(|t| t.contains("DSM 7")), "{text:#?}");
-    assert!(text.iter().any(|t| t.contains("does not exist yet")), "{text:#?}");
+    assert!(
+        text.iter().any(|t| t.contains("does not exist yet")),
+        "{text:#?}"
+    );
 
     let findings = synback::dsm::diagnose(opts(&nas), "nope", "x").await;
-    assert!(findings.iter().any(|f| f.level == Level::Problem && f.message.contains("nope")));
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.level == Level::Problem && f.message.contains("nope"))
+    );
 
     let mut wrong = opts(&nas);
     wrong.password = Secret::new("wrong");
@@ -484,7 +645,9 @@ async fn diagnose_reports_the_nas_and_the_target() {
 }
 
 /// A deterministic, incompressible-enough stream of `len` bytes in 64 KiB chunks.
-fn generated(len: u64) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+fn generated(
+    len: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
     const CHUNK: u64 = 64 * 1024;
     futures_util::stream::unfold(0u64, move |sent| async move {
         if sent >= len {
@@ -510,8 +673,14 @@ async fn stream_round_trip(len: u64) {
     }
     let expected = hex::encode(local.finalize());
     let body = UploadBody::Stream { stream, len: None };
-    client.upload("/backup", "big", body, UploadOptions::overwrite()).await.unwrap();
-    let remote = client.md5("/backup/big", &CancellationToken::new()).await.unwrap();
+    client
+        .upload("/backup", "big", body, UploadOptions::overwrite())
+        .await
+        .unwrap();
+    let remote = client
+        .md5("/backup/big", &CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(remote, expected);
 
     let mut hasher = Md5::new();

@@ -210,6 +210,10 @@ impl Lock {
     /// [`Error::Locked`] when another writer holds it, [`Error::Unreadable`]
     /// for a garbled recent lock file, [`Error::Target`] when the target
     /// fails.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may leave a lock file behind, which then goes
+    /// stale like one from a crashed run.
     pub async fn acquire(
         target: &dyn Target,
         info: LockInfo,
@@ -225,6 +229,9 @@ impl Lock {
             }
             match read(target).await? {
                 Found::Nothing => continue,
+                // Our own create went through but its answer was lost and
+                // the retry found the file: it is ours.
+                Found::Held(holder) if holder.token == info.token => return Ok(Lock { info }),
                 Found::Held(holder) => match opts.stale_reason(&holder, now) {
                     Some(reason) => take_over(target, &holder.to_string(), &reason).await?,
                     None => {
@@ -262,6 +269,9 @@ impl Lock {
     /// # Errors
     /// [`Error::Unreadable`] for a garbled lock file, [`Error::Target`]
     /// when the target fails.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: it only reads.
     pub async fn holder(target: &dyn Target) -> Result<Option<LockInfo>, Error> {
         match read(target).await? {
             Found::Nothing => Ok(None),
@@ -281,6 +291,10 @@ impl Lock {
     /// # Errors
     /// [`Error::Lost`] when the file is no longer ours (it is left alone),
     /// [`Error::Target`] when the target fails.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may leave the old or the new content; both are
+    /// ours.
     pub async fn refresh(&mut self, target: &dyn Target, now: DateTime<Utc>) -> Result<(), Error> {
         self.check_ours(target).await?;
         let mut info = self.info.clone();
@@ -296,6 +310,9 @@ impl Lock {
     /// [`Error::Lost`] when another writer's lock is there now (it is left
     /// alone), [`Error::Target`] when the target fails. A lock file that is
     /// already gone is not an error (a warning is logged).
+    ///
+    /// # Cancel safety
+    /// Dropping the future may leave the lock file, which then goes stale.
     pub async fn release(self, target: &dyn Target) -> Result<(), Error> {
         match self.check_ours(target).await {
             Ok(()) => {
@@ -492,6 +509,20 @@ mod tests {
         let later = now() + TimeDelta::hours(24);
         let lock = Lock::acquire(&target, LockInfo::new("pi", 7, later), &opts(), later).await;
         assert!(lock.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_lost_create_answer_still_gets_the_lock() {
+        use crate::repo::target::{ErrorKind, Operation};
+        use crate::repo::{Fault, FlakyTarget};
+        let target = FlakyTarget::new(MemoryTarget::with_folder());
+        target.fail_next(Operation::Put, Fault::ErrorAfter(ErrorKind::Transient));
+        let info = LockInfo::new("nuc", 1, now());
+        let err = Lock::acquire(&target, info.clone(), &opts(), now()).await;
+        assert!(matches!(err, Err(Error::Target { .. })));
+        // The caller retries with the same lock info.
+        let lock = Lock::acquire(&target, info, &opts(), now()).await.unwrap();
+        lock.release(&target).await.unwrap();
     }
 
     #[tokio::test]

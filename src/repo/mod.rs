@@ -13,6 +13,32 @@
 //!   [`plan_cleanup`].
 //! - [`lock`]: the `.lock` file that keeps two writers apart.
 //!
+//! # Example
+//! Write a snapshot the way a backup run does, then list the folder.
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use bytes::Bytes;
+//! use chrono::Utc;
+//! use synback::repo::layout::{Encryption, partial_name};
+//! use synback::repo::{JobName, Listing, MemoryTarget, SnapshotId, Target, TargetExt};
+//!
+//! let target = MemoryTarget::new();
+//! target.ensure_folder().await?;
+//! let job = JobName::new("home")?;
+//! let id = SnapshotId::new(job.clone(), Utc::now());
+//! let archive = id.archive_name(Encryption::Plain);
+//! let data = Bytes::from_static(b"compressed tar bytes");
+//! target.put_bytes(&partial_name(&archive), data).await?;
+//! let _md5 = target.md5(&partial_name(&archive)).await?; // compare with the local MD5
+//! target.rename(&partial_name(&archive), &archive).await?;
+//! target.put_bytes(&id.manifest_name(), Bytes::from_static(b"{}")).await?;
+//!
+//! let listing = Listing::load(&target, &job).await?;
+//! assert_eq!(listing.latest().map(|s| &s.id), Some(&id));
+//! # Ok(()) }
+//! ```
+//!
 //! This module must not know DSM JSON or HTTP (the DSM adapter only calls
 //! the `dsm` client and maps its errors), nor the archive format; the backup and restore code
 //! uses it, never the other way round.

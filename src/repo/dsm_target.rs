@@ -2,7 +2,7 @@
 //! Synology NAS, through the DSM client.
 //!
 //! This adapter only translates: names to DSM paths, bodies to streamed
-//! uploads, and [`dsm::Error`](crate::dsm::Error) values to
+//! uploads, and [`dsm::Error`] values to
 //! [`target::Error`](super::target::Error) kinds, in one place
 //! ([`map_error`]). It knows no DSM JSON and no HTTP; the client does.
 //!

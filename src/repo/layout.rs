@@ -547,4 +547,22 @@ mod tests {
             assert_eq!(parse_name(&job, name), None, "{name}");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn ids_round_trip(job in "[A-Za-z0-9_-][A-Za-z0-9._-]{0,20}", secs in 0i64..4_102_444_800) {
+            let job = JobName::new(job).unwrap();
+            let id = SnapshotId::new(job.clone(), DateTime::from_timestamp(secs, 0).unwrap());
+            proptest::prop_assert_eq!(SnapshotId::parse(&id.to_string()).unwrap(), id.clone());
+            let volume = id.volume_name(Encryption::Age, 7).unwrap();
+            let parsed = parse_name(&job, &partial_name(&volume));
+            proptest::prop_assert_eq!(parsed.and_then(|k| k.snapshot_id().cloned()), Some(id));
+        }
+
+        #[test]
+        fn any_name_parses_without_panicking(name in "\\PC{0,60}") {
+            let _ = parse_name(&job(), &name);
+            let _ = SnapshotId::parse(&name);
+        }
+    }
 }

@@ -229,29 +229,35 @@ async fn nearest_existing(
     target: &RemotePath,
     findings: &mut Vec<Finding>,
 ) -> RemotePath {
+    let existing = first_existing(client, target).await;
+    if &existing == target {
+        findings.push(Finding::info(format!("{target} exists")));
+    } else {
+        findings.push(Finding::warning(
+            format!("{target} does not exist yet"),
+            format!("it will be created inside {existing} by the first backup"),
+        ));
+    }
+    existing
+}
+
+/// Walks up from `target` to the first path that exists (the share at worst).
+async fn first_existing(client: &Client, target: &RemotePath) -> RemotePath {
     let mut current = target.clone();
-    loop {
-        if current.is_share() {
-            return current;
+    while !current.is_share() {
+        let exists = match client.get_info(&[current.as_str()]).await {
+            Ok(infos) => infos.first().is_some_and(|i| i.exists()),
+            Err(_) => false,
+        };
+        if exists {
+            break;
         }
-        match client.get_info(&[current.as_str()]).await {
-            Ok(infos) if infos.first().is_some_and(|i| i.exists()) => {
-                if &current != target {
-                    findings.push(Finding::warning(
-                        format!("{target} does not exist yet"),
-                        format!("it will be created inside {current} by the first backup"),
-                    ));
-                } else {
-                    findings.push(Finding::info(format!("{target} exists")));
-                }
-                return current;
-            }
-            _ => match current.parent() {
-                Some(parent) => current = parent,
-                None => return current,
-            },
+        match current.parent() {
+            Some(parent) => current = parent,
+            None => break,
         }
     }
+    current
 }
 
 #[cfg(test)]

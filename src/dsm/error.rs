@@ -455,12 +455,13 @@ fn is_tls_refusal(err: &(dyn std::error::Error + 'static)) -> bool {
             return is_cert_error(tls);
         }
         // io::Error hides its inner error from `source()`; look inside.
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+        current = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
         {
-            return is_cert_error(tls);
-        }
-        current = e.source();
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     false
 }

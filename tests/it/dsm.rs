@@ -2,6 +2,9 @@
 //! device tokens, session loss, transient faults, TLS pinning, the
 //! chunked-upload fallback and large streamed transfers.
 
+// Test helpers outside `#[test]` functions may fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -367,8 +370,8 @@ async fn busy_codes_and_502s_are_retried() {
     }
     let log = nas.emu.request_log();
     assert!(
-        log.iter().any(|r| r.fault.as_deref() == Some("busy")),
-        "no busy fault seen"
+        log.iter().any(|r| r.code == Some(117)),
+        "no busy answer seen"
     );
     assert!(log.iter().any(|r| r.status == 502), "no 502 seen");
 }
@@ -605,7 +608,10 @@ async fn a_nas_refusing_connections_at_first_is_waited_for() {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr: SocketAddr = probe.local_addr().unwrap();
     drop(probe);
-    let client = tokio::spawn(Client::connect(opts_for(format!("http://{addr}"))));
+    let mut waiting = opts_for(format!("http://{addr}"));
+    waiting.retry.initial_delay = Duration::from_millis(100);
+    waiting.retry.max_delay = Duration::from_millis(500);
+    let client = tokio::spawn(Client::connect(waiting));
     tokio::time::sleep(Duration::from_millis(700)).await;
     let root = tempfile::tempdir().unwrap();
     let cfg = EmulatorConfig::new(root.path(), USER, Secret::new(PASSWORD));
@@ -669,7 +675,7 @@ async fn stream_round_trip(len: u64) {
     // Hash what is sent, in a second pass over the same deterministic data.
     let mut check = generated(len).boxed();
     while let Some(chunk) = check.next().await {
-        local.update(&chunk.unwrap());
+        local.update(chunk.unwrap());
     }
     let expected = hex::encode(local.finalize());
     let body = UploadBody::Stream { stream, len: None };
@@ -718,5 +724,183 @@ async fn streamed_1_gib_round_trip_with_bounded_memory() {
     eprintln!("VmHWM before {before:?} KiB, after {after:?} KiB");
     if let Some(after) = after {
         assert!(after < 96 * 1024, "peak RSS {after} KiB");
+    }
+}
+
+/// Shared buffer a tracing subscriber writes into.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// A TCP relay in front of the emulator that records every byte both ways,
+/// so the test learns the real sid, SynoToken and device id.
+async fn recording_proxy(upstream: SocketAddr, wire: Captured) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            tokio::spawn(relay(cr, sw, wire.clone()));
+            tokio::spawn(relay(sr, cw, wire.clone()));
+        }
+    });
+    addr
+}
+
+async fn relay(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut wire: Captured,
+) {
+    use std::io::Write;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                // Keep only the start of large bodies: secrets sit in small requests.
+                if n < 8192 {
+                    wire.write_all(&buf[..n]).unwrap();
+                }
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// Every value of `"key":"value"` in a text.
+fn json_values(text: &str, key: &str) -> Vec<String> {
+    let needle = format!("\"{key}\":\"");
+    text.match_indices(&needle)
+        .filter_map(|(at, _)| {
+            let rest = &text[at + needle.len()..];
+            rest.find('"').map(|end| rest[..end].to_owned())
+        })
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+#[tokio::test]
+async fn secrets_never_reach_logs_errors_or_debug_output() {
+    let logs = Captured::default();
+    let make = {
+        let logs = logs.clone();
+        move || logs.clone()
+    };
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .without_time()
+        .with_writer(make)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let nas = start_with(|cfg| cfg.otp_secret = Some(OTP_SECRET.into())).await;
+    let wire = Captured::default();
+    let proxy = recording_proxy(nas.emu.local_addr(), wire.clone()).await;
+    let url = format!("http://{proxy}");
+    let totp = Totp::from_base32(&Secret::new(OTP_SECRET)).unwrap();
+    let mut shown: Vec<String> = Vec::new();
+
+    // A refused password and a wrong OTP code.
+    let mut wrong = opts_for(url.clone());
+    wrong.password = Secret::new("wrong-password-xyzzy");
+    let err = Client::connect(wrong).await.unwrap_err();
+    shown.push(format!("{err} {err:?}"));
+    let mut bad_otp = opts_for(url.clone());
+    bad_otp.otp = Some(OtpSource::Code(Secret::new("999999")));
+    let err = Client::connect(bad_otp).await.unwrap_err();
+    shown.push(format!("{err} {err:?}"));
+
+    // A one-shot code that registers this device, then calls.
+    let code = totp.now();
+    let mut first = opts_for(url.clone());
+    first.otp = Some(OtpSource::Code(code.clone()));
+    first.request_device_token = true;
+    shown.push(format!("{first:?}"));
+    let client = Client::connect(first).await.unwrap();
+    shown.push(format!("{client:?}"));
+    let did = client.device_id().unwrap();
+    client
+        .upload(
+            "/backup",
+            "s",
+            bytes_body(b"secret test"),
+            UploadOptions::overwrite(),
+        )
+        .await
+        .unwrap();
+    client.list("/backup").await.unwrap();
+    client
+        .md5("/backup/s", &CancellationToken::new())
+        .await
+        .unwrap();
+    client.download("/backup/s", Vec::new()).await.unwrap();
+    nas.emu.restart_sessions();
+    client.list("/backup").await.unwrap();
+    for err in [
+        client
+            .download("/backup/missing", Vec::new())
+            .await
+            .unwrap_err(),
+        client.rename("/backup/missing", "x").await.unwrap_err(),
+    ] {
+        shown.push(format!("{err} {err:?}"));
+    }
+    client.logout().await.unwrap();
+
+    let wire = wire.text();
+    let mut secrets = vec![
+        PASSWORD.to_owned(),
+        "wrong-password-xyzzy".into(),
+        "999999".into(),
+    ];
+    secrets.push(code.expose().to_owned());
+    secrets.push(did.expose().to_owned());
+    let sids = json_values(&wire, "sid");
+    let tokens = json_values(&wire, "synotoken");
+    assert!(sids.len() >= 2, "expected two logins on the wire");
+    assert!(!tokens.is_empty(), "expected a SynoToken on the wire");
+    secrets.extend(sids);
+    secrets.extend(tokens);
+
+    let logs = logs.text();
+    assert!(
+        logs.contains("logged in to DSM"),
+        "nothing captured: {logs}"
+    );
+    for secret in &secrets {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a secret leaked into the logs"
+        );
+        for text in &shown {
+            assert!(
+                !text.contains(secret.as_str()),
+                "a secret leaked into {text}"
+            );
+        }
     }
 }

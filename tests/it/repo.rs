@@ -328,4 +328,55 @@ mod on_the_emulator {
             .unwrap_err();
         assert!(err.is_retryable(), "{err}");
     }
+
+    #[tokio::test]
+    async fn two_hundred_snapshots_beyond_one_listing_page() {
+        let nas = nas().await;
+        let target = target(&nas, "many").await;
+        target.ensure_folder().await.unwrap();
+        // Written straight into the share: 400 uploads would only slow the test.
+        let folder = nas.emu.share_path("backup").join("many").join("home");
+        let old = std::time::SystemTime::now() - Duration::from_secs(3 * 86_400);
+        for i in 0..200 {
+            let id = SnapshotId::new(job(), t0() + TimeDelta::hours(12 * i));
+            std::fs::write(folder.join(id.archive_name(Encryption::Plain)), b"a").unwrap();
+            std::fs::write(folder.join(id.manifest_name()), b"{}").unwrap();
+        }
+        let stale = SnapshotId::new(job(), t0())
+            .volume_name(Encryption::Plain, 1)
+            .unwrap();
+        let stale = folder.join(partial_name(&stale));
+        std::fs::write(&stale, b"half").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        std::fs::write(folder.join("keep-me.txt"), b"mine").unwrap();
+
+        let listing = Listing::load(&target, &job()).await.unwrap();
+        assert_eq!(listing.snapshots.len(), 200);
+        assert_eq!(listing.partials.len(), 1);
+        assert_eq!(listing.foreign.len(), 1);
+        let cleanup = plan_cleanup(&listing, Utc::now());
+        assert_eq!(cleanup.len(), 1, "{cleanup:?}");
+
+        let now = t0() + TimeDelta::days(100);
+        let policy = Policy::default().daily(10).monthly(3);
+        let plan = synback::repo::plan_forget(&listing, &policy, now, chrono_tz::Europe::Berlin);
+        let kept = plan.decisions.iter().filter(|d| d.keep).count();
+        // Ten days reach back to June 30, so the monthly rule adds only May.
+        assert_eq!(kept, 11);
+        for name in &plan.delete {
+            target.delete(name).await.unwrap();
+        }
+        for item in &cleanup {
+            target.delete(&item.name).await.unwrap();
+        }
+        let after = Listing::load(&target, &job()).await.unwrap();
+        assert_eq!(after.snapshots.len(), 11);
+        assert!(after.partials.is_empty() && after.orphans.is_empty());
+        assert_eq!(after.foreign.len(), 1, "foreign files are never touched");
+    }
 }

@@ -274,6 +274,39 @@ pub fn plan_forget(listing: &Listing, policy: &Policy, now: DateTime<Utc>, tz: T
     ForgetPlan { decisions, delete }
 }
 
+/// Deletes `names` from the job folder of `job`, in order, after checking
+/// that each is a name synback gives (a snapshot file, partial or lock):
+/// the last guard against deleting a file we did not write. Files already
+/// gone are skipped. Returns how many files were deleted.
+///
+/// # Errors
+/// [`target::Error::InvalidName`] for a foreign name (nothing after it is
+/// deleted); the target's error when a delete fails.
+///
+/// # Cancel safety
+/// Dropping the future stops between files; every file is either deleted
+/// or intact.
+pub async fn delete_ours(
+    target: &dyn Target,
+    job: &JobName,
+    names: &[String],
+) -> Result<usize, target::Error> {
+    let mut deleted = 0;
+    for name in names {
+        if parse_name(job, name).is_none() {
+            return Err(target::Error::InvalidName {
+                name: name.clone(),
+                reason: "not a file synback names; refusing to delete it",
+            });
+        }
+        if target.delete_if_exists(name).await? {
+            deleted += 1;
+            tracing::debug!(target = %target, file = %name, "deleted");
+        }
+    }
+    Ok(deleted)
+}
+
 /// How old leftovers must be before [`plan_cleanup_with`] removes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -502,6 +535,31 @@ mod tests {
         );
         let keep_all = plan_forget(&listing, &Policy::default(), t(9, 0), chrono_tz::UTC);
         assert!(keep_all.delete.is_empty());
+    }
+
+    #[tokio::test]
+    async fn delete_ours_refuses_foreign_names() {
+        let target = crate::repo::MemoryTarget::with_folder();
+        for e in sample() {
+            target.insert(&e.name, &b"x"[..], t(1, 0));
+        }
+        let names = vec![
+            "pc-20260101T000000Z.manifest.json".to_owned(),
+            "pc-20260109T000000Z.manifest.json".to_owned(),
+            "README.txt".to_owned(),
+            "pc-20260101T000000Z.tar.zst".to_owned(),
+        ];
+        let err = delete_ours(&target, &job(), &names).await.unwrap_err();
+        assert!(err.to_string().contains("README.txt"), "{err}");
+        assert!(target.contents("README.txt").is_some());
+        assert!(
+            target
+                .contents("pc-20260101T000000Z.manifest.json")
+                .is_none()
+        );
+        assert!(target.contents("pc-20260101T000000Z.tar.zst").is_some());
+        let done = delete_ours(&target, &job(), &names[3..]).await.unwrap();
+        assert_eq!(done, 1);
     }
 
     #[tokio::test]

@@ -59,7 +59,7 @@ pub use dry_run::{DryRunAction, DryRunTarget};
 pub use dsm_target::DsmTarget;
 pub use flaky::{Fault, FlakyTarget};
 pub use layout::{Encryption, JobName, SnapshotId};
-pub use listing::{ForgetPlan, Listing, plan_cleanup, plan_forget};
+pub use listing::{ForgetPlan, Listing, delete_ours, plan_cleanup, plan_forget};
 pub use lock::{Lock, LockInfo, LockOptions};
 pub use memory::MemoryTarget;
 pub use target::{PutBody, PutMode, RemoteEntry, Target, TargetExt};

@@ -368,12 +368,14 @@ mod on_the_emulator {
         let kept = plan.decisions.iter().filter(|d| d.keep).count();
         // Ten days reach back to June 30, so the monthly rule adds only May.
         assert_eq!(kept, 11);
-        for name in &plan.delete {
-            target.delete(name).await.unwrap();
-        }
-        for item in &cleanup {
-            target.delete(&item.name).await.unwrap();
-        }
+        let deleted = synback::repo::delete_ours(&target, &job(), &plan.delete)
+            .await
+            .unwrap();
+        assert_eq!(deleted, 2 * (200 - 11));
+        let leftovers: Vec<String> = cleanup.iter().map(|c| c.name.clone()).collect();
+        synback::repo::delete_ours(&target, &job(), &leftovers)
+            .await
+            .unwrap();
         let after = Listing::load(&target, &job()).await.unwrap();
         assert_eq!(after.snapshots.len(), 11);
         assert!(after.partials.is_empty() && after.orphans.is_empty());

@@ -242,7 +242,10 @@ impl Lock {
                 },
                 Found::Unreadable { modified, source } => {
                     match modified.filter(|m| now - *m >= opts.stale_after) {
-                        Some(_) => take_over(target, "unreadable lock", "old").await?,
+                        Some(m) => {
+                            let reason = format!("unchanged for {}h", (now - m).num_hours());
+                            take_over(target, "an unreadable lock file", &reason).await?;
+                        }
                         None => return Err(unreadable(modified, source)),
                     }
                 }

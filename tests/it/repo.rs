@@ -209,8 +209,13 @@ mod on_the_emulator {
     }
 
     async fn nas() -> Nas {
+        nas_with(|_| {}).await
+    }
+
+    async fn nas_with(change: impl FnOnce(&mut EmulatorConfig)) -> Nas {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = EmulatorConfig::new(dir.path().join("root"), "alice", "pw");
+        let mut cfg = EmulatorConfig::new(dir.path().join("root"), "alice", "pw");
+        change(&mut cfg);
         let emu = Emulator::start(cfg, SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
             .unwrap();
@@ -380,5 +385,27 @@ mod on_the_emulator {
         assert_eq!(after.snapshots.len(), 11);
         assert!(after.partials.is_empty() && after.orphans.is_empty());
         assert_eq!(after.foreign.len(), 1, "foreign files are never touched");
+    }
+
+    #[tokio::test]
+    async fn a_strict_nas_needs_known_lengths() {
+        let nas = nas_with(|cfg| cfg.strict_content_length = true).await;
+        let target = target(&nas, "strict").await;
+        target.ensure_folder().await.unwrap();
+        let body = || {
+            let chunks = vec![Ok(Bytes::from(vec![3u8; 2 * 1024 * 1024]))];
+            Box::pin(futures_util::stream::iter(chunks))
+        };
+        let err = target.put("v.partial", body(), None).await.unwrap_err();
+        assert!(!err.is_retryable(), "{err}");
+        assert!(
+            format!("{:?}", err).contains("LengthRequired"),
+            "the cause says what to do: {err:?}"
+        );
+        target
+            .put("v.partial", body(), Some(2 * 1024 * 1024))
+            .await
+            .unwrap();
+        assert_eq!(target.list().await.unwrap()[0].size, 2 * 1024 * 1024);
     }
 }

@@ -42,9 +42,12 @@
 //!
 //! # DSM quirks handled here
 //! - `SYNO.API.Info` says per API whether values are JSON-encoded
-//!   (`requestFormat`); see [`params`](self::Format).
+//!   (`requestFormat`); we follow it ([`Format`]): JSON values for the APIs
+//!   that ask for them, plain values otherwise, which suits DSM 6 and 7.
 //! - Upload v3 (DSM 7) spells `overwrite` as `overwrite`/`skip`, v2 as
-//!   `true`/`false`; the file part must come last and carry a filename.
+//!   `true`/`false`; the file part must come last and carry a filename. Its
+//!   text fields are sent plain (as DSM's web client does), whatever
+//!   `requestFormat` says.
 //! - A NAS that answers 1800 to a chunked upload is remembered
 //!   ([`Client::refuses_chunked_uploads`]).
 //! - Download answers a plain HTTP 404 for a missing file, and a JSON error
@@ -55,6 +58,7 @@
 mod api;
 mod auth;
 mod client;
+mod device;
 mod diagnose;
 mod error;
 mod files;
@@ -67,6 +71,7 @@ mod wire;
 
 pub use api::{ApiTable, Endpoint, dsm_generation};
 pub use client::Client;
+pub use device::{load_device_id, save_device_id};
 pub use diagnose::{Finding, Level, diagnose};
 pub use error::{Error, FileError, FileErrors, LoginRefusal, Result, code_meaning};
 pub use options::{ClientOptions, OtpSource, RetryPolicy, Timeouts, TlsOptions};

@@ -7,5 +7,7 @@ pub mod config;
 pub mod dsm;
 #[cfg(feature = "emulator")]
 pub mod emulator;
+pub mod repo;
+pub mod retention;
 pub mod secret;
 pub mod totp;

@@ -1,7 +1,8 @@
-//! Integration tests, one module per topic.
+//! Integration tests, one binary, one module per topic.
 
 mod archive;
 //! Integration tests, one module per topic, built into one binary.
 mod config;
 mod dsm;
 mod emulator;
+mod repo;

@@ -1,0 +1,540 @@
+//! The `.lock` file that keeps two writers out of one job folder.
+//!
+//! The lock is a small JSON file ([`LockInfo`]: host, pid, start time,
+//! snapshot id and a random token). [`Lock::acquire`] creates it without
+//! overwriting; when it exists, the holder is reported in
+//! [`Error::Locked`], unless the lock is stale (older than
+//! [`LockOptions::stale_after`], or left by a dead process on this host),
+//! in which case it is taken over with a warning. After writing, the file
+//! is read back and its token compared, because the NAS cannot create a
+//! file atomically "only if absent". [`Lock::release`] deletes the file only
+//! while it still holds our token.
+//!
+//! Depends only on the [`Target`] trait.
+
+use std::fmt;
+
+use bytes::Bytes;
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::layout::LOCK_NAME;
+use super::target::{self, Target, TargetExt};
+
+/// Largest lock file we read (a real one is ~200 bytes).
+const MAX_LOCK_BYTES: usize = 64 * 1024;
+/// Attempts to create the lock when a stale one had to be removed first.
+const ATTEMPTS: usize = 3;
+
+/// What the lock file says about its holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct LockInfo {
+    /// Host name of the writer.
+    pub host: String,
+    /// Process id of the writer on that host.
+    pub pid: u32,
+    /// When the lock was taken.
+    pub started: DateTime<Utc>,
+    /// When the holder last confirmed it is alive ([`Lock::refresh`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refreshed: Option<DateTime<Utc>>,
+    /// The snapshot being written, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// A random value that tells our lock from another one.
+    pub token: String,
+}
+
+impl LockInfo {
+    /// A lock for `pid` on `host`, taken at `started`, with a fresh token.
+    pub fn new(host: impl Into<String>, pid: u32, started: DateTime<Utc>) -> Self {
+        Self {
+            host: host.into(),
+            pid,
+            started,
+            refreshed: None,
+            snapshot: None,
+            token: format!("{:032x}", rand::random::<u128>()),
+        }
+    }
+
+    /// The lock of this process (host name from the kernel, our pid).
+    pub fn for_this_process(started: DateTime<Utc>) -> Self {
+        Self::new(local_hostname(), std::process::id(), started)
+    }
+
+    /// The same lock, naming the snapshot being written.
+    #[must_use]
+    pub fn with_snapshot(mut self, id: impl fmt::Display) -> Self {
+        self.snapshot = Some(id.to_string());
+        self
+    }
+
+    /// The last time the holder was known alive.
+    pub fn last_seen(&self) -> DateTime<Utc> {
+        self.refreshed.map_or(self.started, |r| r.max(self.started))
+    }
+}
+
+impl fmt::Display for LockInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pid {} on host {} since {}",
+            self.pid,
+            self.host,
+            self.started.format("%Y-%m-%d %H:%M:%S UTC")
+        )?;
+        if let Some(snapshot) = &self.snapshot {
+            write!(f, " (writing {snapshot})")?;
+        }
+        Ok(())
+    }
+}
+
+/// When a lock counts as abandoned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockOptions {
+    /// A lock not refreshed for this long is stale and may be taken over.
+    pub stale_after: TimeDelta,
+    /// This machine's host name; a lock of this host whose process is gone
+    /// (checked through `/proc`) is stale at once. `None` disables the check.
+    pub local_host: Option<String>,
+}
+
+impl Default for LockOptions {
+    /// Stale after 24 hours; dead local holders detected.
+    fn default() -> Self {
+        Self {
+            stale_after: TimeDelta::hours(24),
+            local_host: Some(local_hostname()),
+        }
+    }
+}
+
+impl LockOptions {
+    /// Sets [`LockOptions::stale_after`].
+    #[must_use]
+    pub fn stale_after(mut self, age: TimeDelta) -> Self {
+        self.stale_after = age;
+        self
+    }
+
+    /// Sets [`LockOptions::local_host`].
+    #[must_use]
+    pub fn local_host(mut self, host: Option<String>) -> Self {
+        self.local_host = host;
+        self
+    }
+
+    /// Why `holder` may be taken over at `now`, if it may.
+    fn stale_reason(&self, holder: &LockInfo, now: DateTime<Utc>) -> Option<String> {
+        let age = now - holder.last_seen();
+        if age >= self.stale_after {
+            return Some(format!("not refreshed for {}h", age.num_hours()));
+        }
+        let local = self.local_host.as_deref() == Some(holder.host.as_str());
+        if local && holder.pid != std::process::id() && !process_alive(holder.pid) {
+            return Some(format!("process {} is gone from this host", holder.pid));
+        }
+        None
+    }
+}
+
+/// Why the lock could not be taken or released.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Another writer holds the lock.
+    #[error("the job is locked by {holder}; wait for it to finish or remove `.lock` if it died")]
+    Locked {
+        /// Who holds it.
+        holder: Box<LockInfo>,
+    },
+    /// A lock file exists that we cannot read.
+    #[error(
+        "the job is locked by an unreadable `.lock` (modified {modified}); remove it if no backup is running"
+    )]
+    Unreadable {
+        /// Its modification time, when known.
+        modified: String,
+        /// Why it could not be read.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Our lock was replaced by another writer while we held it.
+    #[error("our lock was taken over by {holder} while we held it")]
+    Lost {
+        /// Who holds it now.
+        holder: Box<LockInfo>,
+    },
+    /// The lock file could not be written, read or deleted.
+    #[error("lock file: {source}")]
+    Target {
+        /// The target error.
+        #[from]
+        source: target::Error,
+    },
+    /// The lock could not be encoded (cannot happen with these types).
+    #[error("encoding the lock file")]
+    Encode(#[source] serde_json::Error),
+}
+
+/// What the lock file said when we looked.
+enum Found {
+    Nothing,
+    Held(LockInfo),
+    Unreadable {
+        modified: Option<DateTime<Utc>>,
+        source: serde_json::Error,
+    },
+}
+
+/// A lock we hold. Release it with [`Lock::release`]; dropping it leaves
+/// the file (async code cannot clean up in `Drop`), which then goes stale.
+#[derive(Debug, Clone)]
+#[must_use = "a lock must be released"]
+pub struct Lock {
+    info: LockInfo,
+}
+
+impl Lock {
+    /// Takes the lock of the job folder behind `target` for `info`'s holder.
+    ///
+    /// A stale lock (see [`LockOptions`]) is removed with a warning and
+    /// taken over.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] when another writer holds it, [`Error::Unreadable`]
+    /// for a garbled recent lock file, [`Error::Target`] when the target
+    /// fails.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may leave a lock file behind, which then goes
+    /// stale like one from a crashed run.
+    pub async fn acquire(
+        target: &dyn Target,
+        info: LockInfo,
+        opts: &LockOptions,
+        now: DateTime<Utc>,
+    ) -> Result<Lock, Error> {
+        let body = encode(&info)?;
+        for _ in 0..ATTEMPTS {
+            match target.create_bytes(LOCK_NAME, body.clone()).await {
+                Ok(()) => return confirm(target, info).await,
+                Err(target::Error::AlreadyExists { .. }) => {}
+                Err(err) => return Err(err.into()),
+            }
+            match read(target).await? {
+                Found::Nothing => continue,
+                // Our own create went through but its answer was lost and
+                // the retry found the file: it is ours.
+                Found::Held(holder) if holder.token == info.token => return Ok(Lock { info }),
+                Found::Held(holder) => match opts.stale_reason(&holder, now) {
+                    Some(reason) => take_over(target, &holder.to_string(), &reason).await?,
+                    None => {
+                        return Err(Error::Locked {
+                            holder: Box::new(holder),
+                        });
+                    }
+                },
+                Found::Unreadable { modified, source } => {
+                    match modified.filter(|m| now - *m >= opts.stale_after) {
+                        Some(m) => {
+                            let reason = format!("unchanged for {}h", (now - m).num_hours());
+                            take_over(target, "an unreadable lock file", &reason).await?;
+                        }
+                        None => return Err(unreadable(modified, source)),
+                    }
+                }
+            }
+        }
+        // Every attempt lost a race against another writer; report it.
+        match read(target).await? {
+            Found::Held(holder) => Err(Error::Locked {
+                holder: Box::new(holder),
+            }),
+            Found::Unreadable { modified, source } => Err(unreadable(modified, source)),
+            Found::Nothing => Err(Error::Target {
+                source: target::Error::new(
+                    target::ErrorKind::Transient,
+                    target::Context::new(target, target::Operation::Put, LOCK_NAME),
+                    Some("the lock kept appearing and disappearing".into()),
+                ),
+            }),
+        }
+    }
+
+    /// Reads who holds the lock of `target`, if anyone (for `list`).
+    ///
+    /// # Errors
+    /// [`Error::Unreadable`] for a garbled lock file, [`Error::Target`]
+    /// when the target fails.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: it only reads.
+    pub async fn holder(target: &dyn Target) -> Result<Option<LockInfo>, Error> {
+        match read(target).await? {
+            Found::Nothing => Ok(None),
+            Found::Held(info) => Ok(Some(info)),
+            Found::Unreadable { modified, source } => Err(unreadable(modified, source)),
+        }
+    }
+
+    /// What our lock file says.
+    pub fn info(&self) -> &LockInfo {
+        &self.info
+    }
+
+    /// Rewrites the lock with `refreshed = now`, so that long runs are not
+    /// taken for dead. Call it between volumes.
+    ///
+    /// # Errors
+    /// [`Error::Lost`] when the file is no longer ours (it is left alone),
+    /// [`Error::Target`] when the target fails.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may leave the old or the new content; both are
+    /// ours.
+    pub async fn refresh(&mut self, target: &dyn Target, now: DateTime<Utc>) -> Result<(), Error> {
+        self.check_ours(target).await?;
+        let mut info = self.info.clone();
+        info.refreshed = Some(now);
+        target.put_bytes(LOCK_NAME, encode(&info)?).await?;
+        self.info = info;
+        Ok(())
+    }
+
+    /// Deletes the lock file if it is still ours.
+    ///
+    /// # Errors
+    /// [`Error::Lost`] when another writer's lock is there now (it is left
+    /// alone), [`Error::Target`] when the target fails. A lock file that is
+    /// already gone is not an error (a warning is logged).
+    ///
+    /// # Cancel safety
+    /// Dropping the future may leave the lock file, which then goes stale.
+    pub async fn release(self, target: &dyn Target) -> Result<(), Error> {
+        match self.check_ours(target).await {
+            Ok(()) => {
+                target.delete_if_exists(LOCK_NAME).await?;
+                Ok(())
+            }
+            Err(Error::Target { source }) if source.is_not_found() => {
+                tracing::warn!(target = %target, "lock file vanished before release");
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn check_ours(&self, target: &dyn Target) -> Result<(), Error> {
+        let data = target.get_bytes(LOCK_NAME, MAX_LOCK_BYTES).await?;
+        match serde_json::from_slice::<LockInfo>(&data) {
+            Ok(found) if found.token == self.info.token => Ok(()),
+            Ok(found) => Err(Error::Lost {
+                holder: Box::new(found),
+            }),
+            Err(source) => Err(unreadable(None, source)),
+        }
+    }
+}
+
+/// Reads our lock back after creating it: another writer may have created
+/// it at the same moment on a target without atomic create.
+async fn confirm(target: &dyn Target, info: LockInfo) -> Result<Lock, Error> {
+    let lock = Lock { info };
+    match lock.check_ours(target).await {
+        Ok(()) => Ok(lock),
+        Err(Error::Lost { holder }) => Err(Error::Locked { holder }),
+        Err(err) => Err(err),
+    }
+}
+
+async fn take_over(target: &dyn Target, holder: &str, reason: &str) -> Result<(), Error> {
+    tracing::warn!(target = %target, holder, reason, "taking over a stale lock");
+    target.delete_if_exists(LOCK_NAME).await?;
+    Ok(())
+}
+
+async fn read(target: &dyn Target) -> Result<Found, Error> {
+    let data = match target.get_bytes(LOCK_NAME, MAX_LOCK_BYTES).await {
+        Ok(data) => data,
+        Err(err) if err.is_not_found() => return Ok(Found::Nothing),
+        Err(err) => return Err(err.into()),
+    };
+    match serde_json::from_slice::<LockInfo>(&data) {
+        Ok(info) => Ok(Found::Held(info)),
+        Err(source) => {
+            let modified = lock_mtime(target).await?;
+            Ok(Found::Unreadable { modified, source })
+        }
+    }
+}
+
+async fn lock_mtime(target: &dyn Target) -> Result<Option<DateTime<Utc>>, Error> {
+    let entries = target.list().await?;
+    Ok(entries
+        .into_iter()
+        .find(|e| e.name == LOCK_NAME)
+        .and_then(|e| e.mtime))
+}
+
+fn unreadable(modified: Option<DateTime<Utc>>, source: serde_json::Error) -> Error {
+    Error::Unreadable {
+        modified: modified.map_or_else(|| "at an unknown time".to_owned(), |m| m.to_rfc3339()),
+        source,
+    }
+}
+
+fn encode(info: &LockInfo) -> Result<Bytes, Error> {
+    serde_json::to_vec_pretty(info)
+        .map(Bytes::from)
+        .map_err(Error::Encode)
+}
+
+/// This machine's host name, from the kernel; `unknown` when unavailable.
+pub fn local_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Whether `pid` runs on this machine. Without `/proc` we cannot tell and
+/// answer yes, so that a live writer is never pushed out.
+fn process_alive(pid: u32) -> bool {
+    if !std::path::Path::new("/proc/self").exists() {
+        return true;
+    }
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::MemoryTarget;
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 5, 1, 12, 0, 0).unwrap()
+    }
+
+    fn opts() -> LockOptions {
+        LockOptions::default().local_host(Some("here".to_owned()))
+    }
+
+    #[tokio::test]
+    async fn second_writer_is_told_who_holds_the_lock() {
+        let target = MemoryTarget::with_folder();
+        let first = LockInfo::new("nuc", 42, now()).with_snapshot("pc-20260501T120000Z");
+        let lock = Lock::acquire(&target, first, &opts(), now()).await.unwrap();
+        let err = Lock::acquire(&target, LockInfo::new("pi", 7, now()), &opts(), now())
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Locked { .. }));
+        assert!(
+            msg.contains("pid 42 on host nuc since 2026-05-01 12:00:00 UTC"),
+            "{msg}"
+        );
+        assert!(msg.contains("pc-20260501T120000Z"), "{msg}");
+        lock.release(&target).await.unwrap();
+        assert!(target.names().is_empty());
+    }
+
+    #[tokio::test]
+    async fn stale_lock_is_taken_over() {
+        let target = MemoryTarget::with_folder();
+        let old = LockInfo::new("nuc", 42, now() - TimeDelta::hours(25));
+        let _abandoned = Lock::acquire(&target, old, &opts(), now()).await.unwrap();
+        let lock = Lock::acquire(&target, LockInfo::new("pi", 7, now()), &opts(), now())
+            .await
+            .unwrap();
+        assert_eq!(Lock::holder(&target).await.unwrap().unwrap().host, "pi");
+        lock.release(&target).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn refreshed_lock_is_not_stale() {
+        let target = MemoryTarget::with_folder();
+        let old = LockInfo::new("nuc", 42, now() - TimeDelta::hours(30));
+        let mut lock = Lock::acquire(&target, old, &opts(), now() - TimeDelta::hours(30))
+            .await
+            .unwrap();
+        lock.refresh(&target, now() - TimeDelta::hours(1))
+            .await
+            .unwrap();
+        let err = Lock::acquire(&target, LockInfo::new("pi", 7, now()), &opts(), now()).await;
+        assert!(matches!(err, Err(Error::Locked { .. })));
+    }
+
+    #[tokio::test]
+    async fn dead_local_process_is_stale_at_once() {
+        let target = MemoryTarget::with_folder();
+        // Pid 0 is never a user process, so /proc/0 does not exist.
+        let dead = LockInfo::new("here", 0, now());
+        let _abandoned = Lock::acquire(&target, dead, &opts(), now()).await.unwrap();
+        let lock = Lock::acquire(&target, LockInfo::new("here", 1, now()), &opts(), now()).await;
+        assert!(lock.is_ok());
+    }
+
+    #[tokio::test]
+    async fn release_leaves_a_foreign_lock_alone() {
+        let target = MemoryTarget::with_folder();
+        let lock = Lock::acquire(&target, LockInfo::new("nuc", 1, now()), &opts(), now())
+            .await
+            .unwrap();
+        let other = LockInfo::new("pi", 2, now());
+        target
+            .put_bytes(LOCK_NAME, encode(&other).unwrap())
+            .await
+            .unwrap();
+        assert!(matches!(
+            lock.release(&target).await,
+            Err(Error::Lost { .. })
+        ));
+        assert_eq!(Lock::holder(&target).await.unwrap(), Some(other));
+    }
+
+    #[tokio::test]
+    async fn garbled_lock_blocks_until_old() {
+        let target = MemoryTarget::with_folder();
+        target.insert(LOCK_NAME, &b"{not json"[..], now() - TimeDelta::hours(1));
+        let err = Lock::acquire(&target, LockInfo::new("pi", 7, now()), &opts(), now())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Unreadable { .. }), "{err}");
+        let later = now() + TimeDelta::hours(24);
+        let lock = Lock::acquire(&target, LockInfo::new("pi", 7, later), &opts(), later).await;
+        assert!(lock.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_lost_create_answer_still_gets_the_lock() {
+        use crate::repo::target::{ErrorKind, Operation};
+        use crate::repo::{Fault, FlakyTarget};
+        let target = FlakyTarget::new(MemoryTarget::with_folder());
+        target.fail_next(Operation::Put, Fault::ErrorAfter(ErrorKind::Transient));
+        let info = LockInfo::new("nuc", 1, now());
+        let err = Lock::acquire(&target, info.clone(), &opts(), now()).await;
+        assert!(matches!(err, Err(Error::Target { .. })));
+        // The caller retries with the same lock info.
+        let lock = Lock::acquire(&target, info, &opts(), now()).await.unwrap();
+        lock.release(&target).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn vanished_lock_releases_quietly() {
+        let target = MemoryTarget::with_folder();
+        let lock = Lock::acquire(&target, LockInfo::new("nuc", 1, now()), &opts(), now())
+            .await
+            .unwrap();
+        target.delete(LOCK_NAME).await.unwrap();
+        lock.release(&target).await.unwrap();
+    }
+}

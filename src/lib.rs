@@ -2,5 +2,7 @@
 //!
 //! See `README.md` for the user's view and `docs/` for the design notes.
 
+#[cfg(feature = "daemon")]
+pub mod schedule;
 pub mod secret;
 pub mod totp;

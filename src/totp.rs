@@ -17,7 +17,9 @@ pub const STEP_SECONDS: u64 = 30;
 #[non_exhaustive]
 pub enum TotpError {
     /// The secret is not valid base32 (the form authenticator apps show).
-    #[error("the OTP secret is not valid base32 (letters A-Z and digits 2-7, as shown when 2FA was enrolled)")]
+    #[error(
+        "the OTP secret is not valid base32 (letters A-Z and digits 2-7, as shown when 2FA was enrolled)"
+    )]
     NotBase32,
     /// The secret decodes to nothing.
     #[error("the OTP secret is empty")]

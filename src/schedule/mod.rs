@@ -1,0 +1,48 @@
+//! The scheduled daemon: cron evaluation, the run loop, retries, hooks,
+//! notifications, the status file and the optional HTTP status endpoint.
+//!
+//! This module owns *when* and *how often* jobs run and how people learn
+//! about the result. It does not know how a backup is made: it drives jobs
+//! through the small [`JobRunner`] trait, which the caller implements over
+//! the backup agent (and tests implement with fakes). It must not depend on
+//! `dsm`, `archive`, `repo` or `config`; the caller maps its configuration
+//! onto [`JobSpec`] and [`DaemonSettings`].
+//!
+//! # Layout
+//! - [`next_after`] / [`interval`]: cron fire times in a time zone, with the
+//!   daylight-saving rules documented there.
+//! - [`run`]: the daemon loop. It races the next due job against shutdown,
+//!   reload and "run now" requests with `tokio::select!`, never runs a job
+//!   twice at once, caps parallel runs with a semaphore and keeps every
+//!   spawned task in a `JoinSet`.
+//! - [`RetryPolicy`]: exponential backoff with jitter for retryable failures.
+//! - [`hooks`]: `before`, `after` and `on_failure` shell commands.
+//! - [`notify`]: healthchecks-style pings and a JSON webhook.
+//! - [`status`]: the `status.json` file, its reader and a human formatter.
+//! - [`http`]: `/healthz`, `/metrics`, a status page and "run now".
+//!
+//! Time is injected through [`Clock`] for wall-clock decisions, while every
+//! wait uses tokio's timer, so tests drive the daemon with
+//! `tokio::time::pause()` and [`TokioClock`].
+
+mod cron_time;
+mod daemon;
+mod error;
+pub mod hooks;
+pub mod http;
+pub mod notify;
+mod retry;
+pub mod status;
+mod types;
+
+pub use cron_time::{interval, next_after};
+
+pub use daemon::{DaemonControl, DaemonHandle, Reload, run};
+pub use error::Error;
+pub use retry::RetryPolicy;
+pub use status::{JobStatus, StatusFile, format_status, read_status};
+
+pub use types::{
+    Clock, DaemonSettings, Hooks, JobRunner, JobSpec, Notify, RunOutcome, RunStatus, SystemClock,
+    TokioClock,
+};

@@ -104,6 +104,15 @@ pub enum Error {
         /// The configured address.
         addr: SocketAddr,
     },
+    /// A signal handler could not be installed.
+    #[error("install the {signal} handler")]
+    Signal {
+        /// The signal name.
+        signal: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The status listener could not bind or serve.
     #[error("status listener on {addr}")]
     Listen {

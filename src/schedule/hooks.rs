@@ -66,7 +66,7 @@ pub fn hook_env(job: &str, outcome: Option<&RunOutcome>) -> Vec<(&'static str, S
 ///
 /// # Cancel safety
 /// Dropping the future kills the shell.
-#[tracing::instrument(skip_all, fields(job, hook = kind.as_str()))]
+#[tracing::instrument(skip_all, fields(job = %job, hook = kind.as_str()))]
 pub async fn run_hook(
     kind: HookKind,
     job: &str,

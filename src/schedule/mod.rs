@@ -20,10 +20,47 @@
 //! - [`notify`]: healthchecks-style pings and a JSON webhook.
 //! - [`status`]: the `status.json` file, its reader and a human formatter.
 //! - [`http`]: `/healthz`, `/metrics`, a status page and "run now".
+//! - [`signals`]: SIGTERM/SIGINT stop, SIGHUP reloads (Unix).
 //!
 //! Time is injected through [`Clock`] for wall-clock decisions, while every
 //! wait uses tokio's timer, so tests drive the daemon with
 //! `tokio::time::pause()` and [`TokioClock`].
+//!
+//! # Example
+//! ```
+//! use std::str::FromStr;
+//! use std::sync::Arc;
+//! use futures_util::future::BoxFuture;
+//! use synback::schedule::{
+//!     DaemonControl, DaemonSettings, JobRunner, JobSpec, RunOutcome, SystemClock,
+//! };
+//! use tokio_util::sync::CancellationToken;
+//!
+//! struct Runner; // in the binary: a wrapper around the backup agent
+//! impl JobRunner for Runner {
+//!     fn run(&self, job: &str, _cancel: CancellationToken) -> BoxFuture<'static, RunOutcome> {
+//!         let job = job.to_owned();
+//!         Box::pin(async move { RunOutcome::ok(format!("{job}-20260101T000000Z"), 0, 0) })
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let state = tempfile::tempdir()?;
+//! let nightly = JobSpec::new("home", cron::Schedule::from_str("0 30 2 * * *")?);
+//! let (control, handle) = DaemonControl::new();
+//! handle.shutdown(); // normally from a signal: see `signals::forward_signals`
+//! synback::schedule::run(
+//!     DaemonSettings::new(state.path()),
+//!     vec![nightly],
+//!     Arc::new(Runner),
+//!     Arc::new(SystemClock),
+//!     control,
+//! )
+//! .await?;
+//! # Ok(())
+//! # }
+//! ```
 
 mod cron_time;
 mod daemon;
@@ -32,6 +69,8 @@ pub mod hooks;
 pub mod http;
 pub mod notify;
 mod retry;
+#[cfg(unix)]
+pub mod signals;
 pub mod status;
 mod types;
 

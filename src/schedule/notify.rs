@@ -88,7 +88,11 @@ impl Notifier {
         Ok(Self { client })
     }
 
-    /// Tells the targets of `notify` that `job` started.
+    /// Tells the targets of `notify` that `job` started. Never fails:
+    /// problems are logged.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future abandons the request.
     pub async fn started(&self, job: &str, notify: &Notify) {
         if let Some(url) = &notify.healthchecks_url {
             let url = format!("{}/start", url.trim_end_matches('/'));
@@ -97,7 +101,11 @@ impl Notifier {
         }
     }
 
-    /// Tells the targets of `notify` how `job` ended.
+    /// Tells the targets of `notify` how `job` ended. Never fails:
+    /// problems are logged.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future abandons the remaining requests.
     pub async fn finished(&self, job: &str, notify: &Notify, outcome: &RunOutcome) {
         if let Some(url) = &notify.healthchecks_url {
             self.ping_result(job, url, outcome).await;

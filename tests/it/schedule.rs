@@ -1008,3 +1008,65 @@ async fn status_page_shows_jobs_and_run_now_needs_the_token() {
     assert_eq!(unknown.status(), 404);
     daemon.stop().await.unwrap();
 }
+
+// ---------------------------------------------------------------- signals
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_reloads_a_good_config_keeps_the_old_one_on_a_bad_one_and_sigterm_stops() {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Installing tokio's handlers first guarantees the signals below never
+    // take the default action (terminating the test process).
+    let _hup = signal(SignalKind::hangup()).unwrap();
+    let _term = signal(SignalKind::terminate()).unwrap();
+    let send = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &std::process::id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let runner = FakeRunner::new(real_clock(), |_, _| Step::Ok(Duration::ZERO));
+    let daemon = start(
+        settings(dir.path()),
+        vec![job("a", "0 0 0 1 1 *")],
+        &runner,
+        real_clock(),
+    );
+    let loads = Arc::new(AtomicUsize::new(0));
+    let state_dir = dir.path().to_owned();
+    let counter = Arc::clone(&loads);
+    let load = move || {
+        if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+            Err("config.toml: jobs.b.schedule: bad cron expression")
+        } else {
+            Ok(Reload::new(
+                settings(&state_dir),
+                vec![job("b", "0 0 0 1 1 *")],
+            ))
+        }
+    };
+    let forward = tokio::spawn(synback::schedule::signals::forward_signals(
+        daemon.handle.clone(),
+        load,
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    send("-HUP");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+    daemon.handle.run_now("a").await;
+    wait_runs(dir.path(), "a", 1).await;
+
+    send("-HUP");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(loads.load(Ordering::SeqCst), 2);
+    daemon.handle.run_now("b").await;
+    wait_runs(dir.path(), "b", 1).await;
+
+    send("-TERM");
+    forward.await.unwrap().unwrap();
+    daemon.task.await.unwrap().unwrap();
+    assert_eq!(runner.calls().len(), 2);
+}

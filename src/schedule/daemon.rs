@@ -134,7 +134,9 @@ impl DaemonHandle {
 /// a job never runs twice at once (a fire time that finds it running is
 /// skipped and counted); at most `max_parallel` runs go at once; with
 /// `catch_up`, a job whose last success is older than its interval runs at
-/// start. Retryable failures are retried per [`RetryPolicy`]. On shutdown the
+/// start. Retryable failures are retried per [`RetryPolicy`]; the hooks and
+/// notifications run once per scheduled run, around all its attempts. A
+/// failing `before` hook fails the run without calling the runner. On shutdown the
 /// runs' cancel tokens are cancelled and the runs awaited up to
 /// `shutdown_grace`, then aborted.
 ///

@@ -5,7 +5,9 @@
 //! `SYNBACK_JOB`, `SYNBACK_STATUS` (`ok`, `partial`, `failed`; empty for
 //! `before`), `SYNBACK_SNAPSHOT` (empty when none) and `SYNBACK_BYTES`
 //! (bytes stored). A hook that outlives its timeout is killed together with
-//! its process group.
+//! its process group. The hook counts as running until its standard output
+//! and error are closed, so a command that starts a background service
+//! should redirect that service's output.
 
 use std::process::Stdio;
 use std::time::Duration;

@@ -142,6 +142,12 @@ impl RunOutcome {
         self
     }
 
+    /// The same outcome with its error text set (for example for `Partial`).
+    pub fn with_error(mut self, error: Option<String>) -> Self {
+        self.error = error;
+        self
+    }
+
     /// The same outcome with its status set (for example `Partial`).
     pub fn with_status(mut self, status: RunStatus) -> Self {
         self.status = status;
@@ -154,6 +160,8 @@ impl RunOutcome {
 /// The runner must reconnect to the NAS when needed on every call, honour
 /// `cancel` at safe points (finishing or abandoning the current upload and
 /// removing its partial), and report every error through [`RunOutcome`].
+/// A run that ignores `cancel` past the daemon's grace period is dropped
+/// (aborted), so the returned future should also be safe to drop.
 pub trait JobRunner: Send + Sync + 'static {
     /// Runs `job` once.
     fn run(&self, job: &str, cancel: CancellationToken) -> BoxFuture<'static, RunOutcome>;

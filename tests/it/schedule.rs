@@ -233,6 +233,37 @@ async fn runs_once_across_fall_back() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn jitter_delays_each_run_within_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = paused_clock("2026-01-01T00:00:00Z");
+    let runner = FakeRunner::new(Arc::clone(&clock), |_, _| Step::Ok(Duration::ZERO));
+    let mut spec = job("hourly", "0 0 * * * *");
+    spec.jitter = Duration::from_secs(600);
+    let daemon = start(settings(dir.path()), vec![spec], &runner, clock);
+    pass(Duration::from_secs(10 * 3600 + 1200)).await;
+    daemon.stop().await.unwrap();
+    let walls: Vec<_> = runner.calls().iter().map(|c| c.wall).collect();
+    assert_eq!(walls.len(), 10);
+    for (hour, wall) in walls.iter().enumerate() {
+        let fire = utc("2026-01-01T00:00:00Z") + chrono::Duration::hours(hour as i64 + 1);
+        let delay = *wall - fire;
+        assert!(
+            delay >= chrono::Duration::zero() && delay < chrono::Duration::seconds(600),
+            "{wall}"
+        );
+    }
+    // Not all at the same offset.
+    assert!(
+        walls
+            .iter()
+            .map(|w| w.timestamp() % 3600)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            > 1
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_run_still_going_skips_the_next_fire_time() {
     let dir = tempfile::tempdir().unwrap();
     let clock = paused_clock("2026-01-01T00:00:30Z");

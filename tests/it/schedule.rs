@@ -1101,3 +1101,59 @@ async fn sighup_reloads_a_good_config_keeps_the_old_one_on_a_bad_one_and_sigterm
     daemon.task.await.unwrap().unwrap();
     assert_eq!(runner.calls().len(), 2);
 }
+
+// ------------------------------------------------------------------- soak
+
+#[tokio::test(start_paused = true)]
+async fn soak_every_fire_time_is_accounted_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = paused_clock("2026-01-01T00:00:30Z");
+    // Deterministic pseudo-random behaviour per (job, call).
+    let runner = FakeRunner::new(Arc::clone(&clock), |job, i| {
+        let seed = (i as u64 + 1)
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(job.len() as u64 * 1_442_695_040_888_963_407);
+        let took = Duration::from_secs((seed >> 33) % 100);
+        match (seed >> 20) % 5 {
+            0 => Step::Fail {
+                after: took,
+                retryable: true,
+            },
+            1 => Step::Fail {
+                after: took,
+                retryable: false,
+            },
+            _ => Step::Ok(took),
+        }
+    });
+    let mut s = settings(dir.path());
+    s.max_parallel = 2;
+    s.shutdown_grace = Duration::from_secs(600);
+    s.retry = RetryPolicy::new(2, Duration::from_secs(4), MIN, MIN);
+    let jobs = vec![
+        job("a", "0 * * * * *"),
+        job("bb", "0 * * * * *"),
+        job("ccc", "0 * * * * *"),
+    ];
+    let daemon = start(s, jobs, &runner, clock);
+    pass(MIN * 200).await;
+    daemon.stop().await.unwrap();
+    let status = read_status(dir.path()).unwrap();
+    let mut total_runs = 0;
+    for (name, job) in &status.jobs {
+        assert_eq!(job.runs + job.skipped, 200, "{name}: {job:?}");
+        assert!(!job.running, "{name}");
+        assert!(
+            job.failures > 0 && job.failures < job.runs,
+            "{name}: {job:?}"
+        );
+        total_runs += job.runs;
+    }
+    assert!(runner.calls().len() as u64 >= total_runs);
+    assert!(runner.max_active_total.load(Ordering::SeqCst) <= 2);
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(files, ["status.json"], "no temporary files left behind");
+}

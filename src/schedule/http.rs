@@ -13,6 +13,9 @@
 //!   cannot trigger runs.
 //!
 //! The listener refuses non-loopback addresses unless `allow_remote` is set.
+//! Without `allow_remote`, requests whose `Host` is not `localhost` or a
+//! loopback address are refused too (421), so a DNS-rebinding page cannot
+//! read the token.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -43,6 +46,7 @@ struct AppState {
     token: Arc<str>,
     run_now: mpsc::Sender<String>,
     healthy_within: Option<Duration>,
+    allow_remote: bool,
 }
 
 /// A running status listener.
@@ -86,6 +90,7 @@ pub(crate) async fn start(
         token: random_token().into(),
         run_now,
         healthy_within: settings.healthy_within,
+        allow_remote: settings.allow_remote,
     };
     let stop = CancellationToken::new();
     let shutdown = stop.clone().cancelled_owned();
@@ -112,7 +117,46 @@ fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/run/{job}", post(run_now))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            check_host,
+        ))
         .with_state(state)
+}
+
+async fn check_host(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    if state.allow_remote || host.is_some_and(is_local_host) {
+        return next.run(request).await;
+    }
+    tracing::warn!(
+        host = host.unwrap_or(""),
+        "request for a foreign host refused"
+    );
+    (
+        StatusCode::MISDIRECTED_REQUEST,
+        "refused: not a local host name\n",
+    )
+        .into_response()
+}
+
+/// True for `localhost` or a loopback address, with or without a port.
+fn is_local_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
@@ -409,6 +453,28 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
         assert!(same_origin(&h).is_err());
+    }
+
+    #[test]
+    fn only_local_host_names_pass() {
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost:1",
+            "LOCALHOST",
+            "[::1]:9",
+            "127.0.0.2",
+        ] {
+            assert!(is_local_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:80",
+            "10.0.0.1:80",
+            "[::2]:1",
+            "",
+        ] {
+            assert!(!is_local_host(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -1037,6 +1037,17 @@ async fn status_page_shows_jobs_and_run_now_needs_the_token() {
         .await
         .unwrap();
     assert_eq!(unknown.status(), 404);
+    let rebound = client
+        .get(&base)
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        rebound.status(),
+        421,
+        "DNS rebinding must not reach the page"
+    );
     daemon.stop().await.unwrap();
 }
 

@@ -165,6 +165,9 @@ pub async fn run(
         control.status_addr.send_replace(Some(addr));
         server
     });
+    let mqtt = settings.mqtt.clone().map(|mqtt| {
+        super::mqtt::Publisher::start(mqtt, Arc::clone(&store), control.run_now_tx.clone())
+    });
     let mut daemon = Daemon::new(settings, runner, clock, notifier, store, control);
     daemon.set_jobs(jobs).await;
     daemon.catch_up().await;
@@ -172,6 +175,9 @@ pub async fn run(
     daemon.drain().await;
     if let Some(server) = server {
         server.stop().await;
+    }
+    if let Some(mqtt) = mqtt {
+        mqtt.stop().await;
     }
     tracing::info!("daemon stopped");
     Ok(())

@@ -18,6 +18,8 @@
 //! - [`RetryPolicy`]: exponential backoff with jitter for retryable failures.
 //! - [`hooks`]: `before`, `after` and `on_failure` shell commands.
 //! - [`notify`]: healthchecks-style pings and a JSON webhook.
+//! - [`mqtt`]: state on an MQTT broker with Home Assistant discovery and a
+//!   "backup now" button.
 //! - [`status`]: the `status.json` file, its reader and a human formatter.
 //! - [`http`]: `/healthz`, `/metrics`, a status page and "run now".
 //! - [`signals`]: SIGTERM/SIGINT stop, SIGHUP reloads (Unix).
@@ -67,6 +69,7 @@ mod daemon;
 mod error;
 pub mod hooks;
 pub mod http;
+pub mod mqtt;
 pub mod notify;
 mod retry;
 #[cfg(unix)]

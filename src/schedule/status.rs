@@ -55,6 +55,8 @@ pub struct JobStatus {
     pub last_duration_s: Option<f64>,
     /// Bytes stored by the last run.
     pub last_bytes_stored: u64,
+    /// How many snapshots the job had after its last run, when known.
+    pub snapshot_count: Option<u64>,
     /// When the job runs next.
     #[serde(default, with = "rfc3339")]
     pub next_run: Option<DateTime<Utc>>,
@@ -84,6 +86,9 @@ impl JobStatus {
         self.runs += 1;
         self.bytes_read += outcome.bytes_read;
         self.bytes_stored += outcome.bytes_stored;
+        if outcome.snapshot_count.is_some() {
+            self.snapshot_count = outcome.snapshot_count;
+        }
         if outcome.status.is_success() {
             self.last_success = Some(end);
             self.last_snapshot.clone_from(&outcome.snapshot);
@@ -235,6 +240,7 @@ pub(crate) struct StatusStore {
     dir: PathBuf,
     current: Mutex<StatusFile>,
     write: tokio::sync::Mutex<()>,
+    version: tokio::sync::watch::Sender<u64>,
 }
 
 impl StatusStore {
@@ -249,7 +255,13 @@ impl StatusStore {
             dir,
             current: Mutex::new(current),
             write: tokio::sync::Mutex::new(()),
+            version: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// A receiver that sees a new value after every change.
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.version.subscribe()
     }
 
     /// A copy of the current status.
@@ -296,6 +308,7 @@ impl StatusStore {
     }
 
     async fn persist(&self, now: DateTime<Utc>) {
+        self.version.send_modify(|v| *v = v.wrapping_add(1));
         let _serial = self.write.lock().await;
         let status = {
             let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);

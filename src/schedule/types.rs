@@ -107,6 +107,8 @@ pub struct RunOutcome {
     pub error: Option<String>,
     /// True when retrying may help (network, busy NAS, ...).
     pub retryable: bool,
+    /// How many snapshots the job has after the run, when the runner knows.
+    pub snapshot_count: Option<u64>,
 }
 
 impl RunOutcome {
@@ -120,6 +122,7 @@ impl RunOutcome {
             duration: Duration::ZERO,
             error: None,
             retryable: false,
+            snapshot_count: None,
         }
     }
 
@@ -133,12 +136,19 @@ impl RunOutcome {
             duration: Duration::ZERO,
             error: Some(error.into()),
             retryable,
+            snapshot_count: None,
         }
     }
 
     /// The same outcome with its duration set.
     pub fn with_duration(mut self, duration: Duration) -> Self {
         self.duration = duration;
+        self
+    }
+
+    /// The same outcome with the job's snapshot count set.
+    pub fn with_snapshot_count(mut self, count: u64) -> Self {
+        self.snapshot_count = Some(count);
         self
     }
 
@@ -253,6 +263,8 @@ pub struct DaemonSettings {
     pub healthy_within: Option<Duration>,
     /// How long running jobs get to stop after shutdown before they are aborted.
     pub shutdown_grace: Duration,
+    /// Publish state to an MQTT broker, with Home Assistant discovery.
+    pub mqtt: Option<super::mqtt::MqttSettings>,
 }
 
 impl DaemonSettings {
@@ -267,6 +279,7 @@ impl DaemonSettings {
             allow_remote: false,
             healthy_within: None,
             shutdown_grace: Duration::from_secs(60),
+            mqtt: None,
         }
     }
 }

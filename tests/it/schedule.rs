@@ -1168,3 +1168,157 @@ async fn soak_every_fire_time_is_accounted_for() {
         .collect();
     assert_eq!(files, ["status.json"], "no temporary files left behind");
 }
+
+// ------------------------------------------------------------------- MQTT
+
+/// A Mosquitto broker on a free loopback port, stopped on drop.
+struct Broker {
+    port: u16,
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+async fn mosquitto() -> Option<Broker> {
+    let binary = [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+    )
+    .unwrap();
+    let child = tokio::process::Command::new(binary)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Some(Broker {
+                port,
+                _child: child,
+                _dir: dir,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("mosquitto did not start");
+}
+
+type Messages = Arc<Mutex<Vec<(String, String)>>>;
+
+async fn wait_message(seen: &Messages, topic: &str, contains: &str) -> String {
+    for _ in 0..200 {
+        let found = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(t, p)| t == topic && p.contains(contains))
+            .map(|(_, p)| p.clone());
+        if let Some(payload) = found {
+            return payload;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "no message on {topic} containing {contains:?}: {:?}",
+        seen.lock().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn mqtt_publishes_discovery_and_state_and_the_button_runs_the_job() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    use synback::schedule::mqtt::MqttSettings;
+    let Some(broker) = mosquitto().await else {
+        eprintln!("mosquitto not installed; skipping the MQTT test");
+        return;
+    };
+    let (client, mut events) =
+        AsyncClient::new(MqttOptions::new("observer", "127.0.0.1", broker.port), 64);
+    client
+        .subscribe("homeassistant/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    client
+        .subscribe("synback/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let seen: Messages = Arc::default();
+    let sink = Arc::clone(&seen);
+    let observer = tokio::spawn(async move {
+        while let Ok(event) = events.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = event {
+                let payload = String::from_utf8_lossy(&p.payload).into_owned();
+                sink.lock().unwrap().push((p.topic, payload));
+            }
+        }
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let runner = FakeRunner::new(real_clock(), |_, _| Step::Ok(Duration::ZERO));
+    let mut s = settings(dir.path());
+    s.mqtt = Some(MqttSettings::new("127.0.0.1", broker.port, "testnode"));
+    let daemon = start(s, vec![job("home", "0 0 0 1 1 *")], &runner, real_clock());
+
+    let config = wait_message(
+        &seen,
+        "homeassistant/sensor/synback_testnode_home_last_success/config",
+        "state_topic",
+    )
+    .await;
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["state_topic"], "synback/testnode/home/state");
+    assert_eq!(config["device_class"], "timestamp");
+    let button = wait_message(
+        &seen,
+        "homeassistant/button/synback_testnode_home_run/config",
+        "command_topic",
+    )
+    .await;
+    assert!(button.contains("synback/testnode/home/run"));
+    wait_message(&seen, "synback/testnode/status", "online").await;
+
+    daemon.handle.run_now("home").await;
+    wait_runs(dir.path(), "home", 1).await;
+    let state = wait_message(&seen, "synback/testnode/home/state", "\"status\":\"ok\"").await;
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(state["last_size"], 400);
+    assert_eq!(state["snapshot"], "home-0");
+    assert!(state["last_success"].as_str().unwrap().starts_with("20"));
+
+    // The Home Assistant button.
+    client
+        .publish(
+            "synback/testnode/home/run",
+            QoS::AtLeastOnce,
+            false,
+            "PRESS",
+        )
+        .await
+        .unwrap();
+    wait_runs(dir.path(), "home", 2).await;
+    assert_eq!(runner.calls().len(), 2);
+
+    daemon.stop().await.unwrap();
+    wait_message(&seen, "synback/testnode/status", "offline").await;
+    observer.abort();
+}

@@ -420,6 +420,11 @@ impl Daemon {
                 .update(&name, self.now(), |job| job.running = false)
                 .await;
         }
+        if !self.jobs.contains_key(&name) {
+            // Removed by a reload while it ran: drop its status entry again.
+            let names: Vec<String> = self.jobs.keys().cloned().collect();
+            self.ctx.store.retain(&names, self.now()).await;
+        }
     }
 
     async fn reload(&mut self, reload: Reload) {

@@ -497,7 +497,13 @@ async fn shutdown_aborts_jobs_that_outlive_the_grace_period() {
 async fn reload_replaces_jobs_and_a_bad_reload_keeps_the_old_ones() {
     let dir = tempfile::tempdir().unwrap();
     let clock = paused_clock("2026-01-01T00:00:30Z");
-    let runner = FakeRunner::new(Arc::clone(&clock), |_, _| Step::Ok(Duration::from_secs(1)));
+    let runner = FakeRunner::new(Arc::clone(&clock), |job, _| {
+        Step::Ok(if job == "old" {
+            Duration::from_secs(40)
+        } else {
+            Duration::from_secs(1)
+        })
+    });
     let daemon = start(
         settings(dir.path()),
         vec![job("old", "0 * * * * *")],
@@ -512,7 +518,7 @@ async fn reload_replaces_jobs_and_a_bad_reload_keeps_the_old_ones() {
             .reload(Reload::new(settings(dir.path()), bad))
             .await
     );
-    pass(MIN).await; // old still runs at 00:03
+    pass(MIN).await; // old still runs at 00:03 and is running (until 00:03:40) at the reload
     let good = vec![job("new", "30 * * * * *")];
     assert!(
         daemon

@@ -177,8 +177,9 @@ pub trait JobRunner: Send + Sync + 'static {
     fn run(&self, job: &str, cancel: CancellationToken) -> BoxFuture<'static, RunOutcome>;
 }
 
-/// Shell commands run around a job.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Shell commands run around a job. The default has no hooks and a
+/// five-minute timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Hooks {
     /// Runs before the job; a failure fails the run without calling the runner.
@@ -195,9 +196,17 @@ impl Hooks {
     /// No hooks, with a five-minute timeout.
     pub fn new() -> Self {
         Self {
+            before: None,
+            after: None,
+            on_failure: None,
             timeout: Duration::from_secs(300),
-            ..Self::default()
         }
+    }
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

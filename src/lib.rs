@@ -9,5 +9,7 @@ pub mod dsm;
 pub mod emulator;
 pub mod repo;
 pub mod retention;
+#[cfg(feature = "daemon")]
+pub mod schedule;
 pub mod secret;
 pub mod totp;

@@ -6,3 +6,5 @@ mod config;
 mod dsm;
 mod emulator;
 mod repo;
+//! Integration tests, one module per topic.
+mod schedule;

@@ -1,0 +1,635 @@
+//! The daemon loop: fire times, no overlap, parallelism, retries, reload
+//! and shutdown.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use super::hooks::{HookKind, hook_env, run_hook};
+use super::notify::Notifier;
+use super::status::StatusStore;
+use super::{
+    Clock, DaemonSettings, Error, JobRunner, JobSpec, RetryPolicy, RunOutcome, RunStatus, interval,
+    next_after,
+};
+
+/// The longest single sleep: fire times are re-checked against the wall
+/// clock at least this often (so a suspended machine or a clock change is
+/// noticed).
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// A new configuration for a running daemon.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Reload {
+    /// The new settings (the status listener is not restarted by a reload).
+    pub settings: DaemonSettings,
+    /// The new jobs; jobs still running keep running to completion.
+    pub jobs: Vec<JobSpec>,
+}
+
+impl Reload {
+    /// A reload with these settings and jobs.
+    pub fn new(settings: DaemonSettings, jobs: Vec<JobSpec>) -> Self {
+        Self { settings, jobs }
+    }
+}
+
+/// The daemon's side of its control channels; pass it to [`run`].
+#[derive(Debug)]
+pub struct DaemonControl {
+    shutdown: CancellationToken,
+    reload: mpsc::Receiver<Reload>,
+    run_now: mpsc::Receiver<String>,
+    run_now_tx: mpsc::Sender<String>,
+    status_addr: watch::Sender<Option<SocketAddr>>,
+}
+
+/// The caller's side: stop, reload or trigger the daemon. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct DaemonHandle {
+    shutdown: CancellationToken,
+    reload: mpsc::Sender<Reload>,
+    run_now: mpsc::Sender<String>,
+    status_addr: watch::Receiver<Option<SocketAddr>>,
+}
+
+impl DaemonControl {
+    /// A connected pair of control channels.
+    pub fn new() -> (DaemonControl, DaemonHandle) {
+        let shutdown = CancellationToken::new();
+        let (reload_tx, reload) = mpsc::channel(4);
+        let (run_now_tx, run_now) = mpsc::channel(16);
+        let (status_addr, status_addr_rx) = watch::channel(None);
+        let control = DaemonControl {
+            shutdown: shutdown.clone(),
+            reload,
+            run_now,
+            run_now_tx: run_now_tx.clone(),
+            status_addr,
+        };
+        let handle = DaemonHandle {
+            shutdown,
+            reload: reload_tx,
+            run_now: run_now_tx,
+            status_addr: status_addr_rx,
+        };
+        (control, handle)
+    }
+}
+
+impl DaemonHandle {
+    /// Asks the daemon to stop: running jobs are cancelled and awaited up to
+    /// the grace period.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// The token cancelled by [`DaemonHandle::shutdown`].
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Replaces the daemon's jobs and settings. Returns false when the
+    /// daemon has stopped.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a cancelled call sends nothing.
+    pub async fn reload(&self, reload: Reload) -> bool {
+        self.reload.send(reload).await.is_ok()
+    }
+
+    /// Asks the daemon to run `job` now (skipped when it is running).
+    /// Returns false when the daemon has stopped.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a cancelled call sends nothing.
+    pub async fn run_now(&self, job: &str) -> bool {
+        self.run_now.send(job.to_owned()).await.is_ok()
+    }
+
+    /// The address the status listener is bound to, once it listens
+    /// (useful with port 0). `None` when no listener is configured or the
+    /// daemon stopped before it listened.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn status_addr(&self) -> Option<SocketAddr> {
+        let mut rx = self.status_addr.clone();
+        let found = rx.wait_for(Option::is_some).await.ok()?;
+        *found
+    }
+}
+
+/// Runs the daemon until `control`'s shutdown token is cancelled.
+///
+/// Every job fires on its schedule (see [`next_after`]) plus a random jitter;
+/// a job never runs twice at once (a fire time that finds it running is
+/// skipped and counted); at most `max_parallel` runs go at once; with
+/// `catch_up`, a job whose last success is older than its interval runs at
+/// start. Retryable failures are retried per [`RetryPolicy`]; the hooks and
+/// notifications run once per scheduled run, around all its attempts. A
+/// failing `before` hook fails the run without calling the runner. On shutdown the
+/// runs' cancel tokens are cancelled and the runs awaited up to
+/// `shutdown_grace`, then aborted.
+///
+/// # Errors
+/// At start only: [`Error::DuplicateJob`] or [`Error::NoNextRun`] for a bad
+/// job list, [`Error::Tls`]/[`Error::HttpClient`] when the notification
+/// client cannot be built, [`Error::RemoteListenRefused`] or
+/// [`Error::Listen`] for the status listener. Failures of runs, hooks,
+/// notifications and status writes are logged, never returned.
+///
+/// # Cancel safety
+/// Not cancel safe: cancel the shutdown token instead of dropping the future,
+/// so that runs are stopped cleanly.
+pub async fn run(
+    settings: DaemonSettings,
+    jobs: Vec<JobSpec>,
+    runner: Arc<dyn JobRunner>,
+    clock: Arc<dyn Clock>,
+    control: DaemonControl,
+) -> Result<(), Error> {
+    validate(&jobs, clock.now())?;
+    let store = Arc::new(StatusStore::load(settings.state_dir.clone()));
+    let notifier = Notifier::new()?;
+    let server = super::http::start(&settings, &store, &clock, control.run_now_tx.clone()).await?;
+    let server = server.map(|(server, addr)| {
+        control.status_addr.send_replace(Some(addr));
+        server
+    });
+    let mqtt = settings.mqtt.clone().map(|mqtt| {
+        super::mqtt::Publisher::start(mqtt, Arc::clone(&store), control.run_now_tx.clone())
+    });
+    let mut daemon = Daemon::new(settings, runner, clock, notifier, store, control);
+    daemon.set_jobs(jobs).await;
+    daemon.catch_up().await;
+    daemon.main_loop().await;
+    daemon.drain().await;
+    if let Some(server) = server {
+        server.stop().await;
+    }
+    if let Some(mqtt) = mqtt {
+        mqtt.stop().await;
+    }
+    tracing::info!("daemon stopped");
+    Ok(())
+}
+
+/// Checks a job list: unique names, every schedule fires again.
+fn validate(jobs: &[JobSpec], now: DateTime<Utc>) -> Result<(), Error> {
+    let mut names = HashSet::new();
+    for job in jobs {
+        if !names.insert(job.name.as_str()) {
+            return Err(Error::DuplicateJob {
+                job: job.name.clone(),
+            });
+        }
+        if next_after(&job.schedule, job.tz, now).is_none() {
+            return Err(Error::NoNextRun {
+                job: job.name.clone(),
+                schedule: job.schedule.source().to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A configured job and its next fire time.
+#[derive(Debug)]
+struct Scheduled {
+    spec: Arc<JobSpec>,
+    /// The cron fire time (without jitter) the next run belongs to.
+    cron_next: Option<DateTime<Utc>>,
+    /// When it is actually due (`cron_next` + jitter).
+    due: Option<DateTime<Utc>>,
+}
+
+/// What every run needs, shared by the spawned tasks.
+struct RunContext {
+    runner: Arc<dyn JobRunner>,
+    clock: Arc<dyn Clock>,
+    notifier: Notifier,
+    store: Arc<StatusStore>,
+    retry: RetryPolicy,
+}
+
+struct Daemon {
+    settings: DaemonSettings,
+    ctx: Arc<RunContext>,
+    semaphore: Arc<Semaphore>,
+    jobs: BTreeMap<String, Scheduled>,
+    running: HashSet<String>,
+    task_jobs: HashMap<tokio::task::Id, String>,
+    tasks: JoinSet<String>,
+    control: DaemonControl,
+}
+
+impl Daemon {
+    fn new(
+        settings: DaemonSettings,
+        runner: Arc<dyn JobRunner>,
+        clock: Arc<dyn Clock>,
+        notifier: Notifier,
+        store: Arc<StatusStore>,
+        control: DaemonControl,
+    ) -> Self {
+        let ctx = Arc::new(RunContext {
+            runner,
+            clock,
+            notifier,
+            store,
+            retry: settings.retry,
+        });
+        Self {
+            semaphore: Arc::new(Semaphore::new(settings.max_parallel.max(1))),
+            settings,
+            ctx,
+            jobs: BTreeMap::new(),
+            running: HashSet::new(),
+            task_jobs: HashMap::new(),
+            tasks: JoinSet::new(),
+            control,
+        }
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.ctx.clock.now()
+    }
+
+    /// Replaces the job list and computes every next fire time.
+    async fn set_jobs(&mut self, jobs: Vec<JobSpec>) {
+        let now = self.now();
+        self.jobs.clear();
+        for spec in jobs {
+            let mut scheduled = Scheduled {
+                spec: Arc::new(spec),
+                cron_next: None,
+                due: None,
+            };
+            schedule_next(&mut scheduled, now);
+            self.publish_next(&scheduled, now).await;
+            self.jobs.insert(scheduled.spec.name.clone(), scheduled);
+        }
+        let names: Vec<String> = self.jobs.keys().cloned().collect();
+        self.ctx.store.retain(&names, now).await;
+        tracing::info!(jobs = names.len(), "jobs scheduled");
+    }
+
+    async fn publish_next(&self, scheduled: &Scheduled, now: DateTime<Utc>) {
+        let due = scheduled.due;
+        let running = self.running.contains(&scheduled.spec.name);
+        self.ctx
+            .store
+            .update(&scheduled.spec.name, now, |job| {
+                job.next_run = due;
+                job.running = running;
+            })
+            .await;
+    }
+
+    /// Starts, once, every job whose last success is older than its interval.
+    async fn catch_up(&mut self) {
+        if !self.settings.catch_up {
+            return;
+        }
+        let now = self.now();
+        let late: Vec<String> = self
+            .jobs
+            .values()
+            .filter(|s| is_late(&s.spec, self.ctx.store.job(&s.spec.name).last_success, now))
+            .map(|s| s.spec.name.clone())
+            .collect();
+        for name in late {
+            tracing::info!(job = %name, "last success older than the interval; catching up");
+            self.start(&name, "catch-up").await;
+        }
+    }
+
+    async fn main_loop(&mut self) {
+        loop {
+            let sleep = self.time_to_next_due();
+            tokio::select! {
+                () = self.control.shutdown.cancelled() => break,
+                Some(reload) = self.control.reload.recv() => self.reload(reload).await,
+                Some(job) = self.control.run_now.recv() => self.start(&job, "manual").await,
+                Some(joined) = self.tasks.join_next_with_id() => self.finished(joined).await,
+                () = tokio::time::sleep(sleep) => self.fire_due().await,
+            }
+        }
+    }
+
+    fn time_to_next_due(&self) -> Duration {
+        let now = self.now();
+        self.jobs
+            .values()
+            .filter_map(|s| s.due)
+            .min()
+            .map_or(MAX_SLEEP, |due| {
+                (due - now)
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .min(MAX_SLEEP)
+            })
+    }
+
+    async fn fire_due(&mut self) {
+        let now = self.now();
+        let due: Vec<String> = self
+            .jobs
+            .values()
+            .filter(|s| s.due.is_some_and(|d| d <= now))
+            .map(|s| s.spec.name.clone())
+            .collect();
+        for name in due {
+            if let Some(scheduled) = self.jobs.get_mut(&name) {
+                schedule_next(scheduled, now);
+            }
+            self.start(&name, "schedule").await;
+        }
+    }
+
+    /// Starts a run of `name` unless one is going (then it is skipped).
+    async fn start(&mut self, name: &str, trigger: &'static str) {
+        let now = self.now();
+        let Some(scheduled) = self.jobs.get(name) else {
+            tracing::warn!(job = name, trigger, "run requested for an unknown job");
+            return;
+        };
+        let spec = Arc::clone(&scheduled.spec);
+        let next = scheduled.due;
+        if self.running.contains(name) {
+            tracing::warn!(
+                job = name,
+                trigger,
+                "previous run still going; this run is skipped"
+            );
+            self.ctx
+                .store
+                .update(name, now, |job| {
+                    job.skipped += 1;
+                    job.next_run = next;
+                })
+                .await;
+            return;
+        }
+        self.running.insert(name.to_owned());
+        self.ctx
+            .store
+            .update(name, now, |job| {
+                job.running = true;
+                job.next_run = next;
+            })
+            .await;
+        let span =
+            tracing::info_span!("run", job = name, trigger, snapshot = tracing::field::Empty);
+        let task = run_job(
+            Arc::clone(&self.ctx),
+            spec,
+            Arc::clone(&self.semaphore),
+            self.control.shutdown.child_token(),
+        )
+        .instrument(span);
+        let handle = self.tasks.spawn(task);
+        self.task_jobs.insert(handle.id(), name.to_owned());
+    }
+
+    async fn finished(
+        &mut self,
+        joined: Result<(tokio::task::Id, String), tokio::task::JoinError>,
+    ) {
+        let id = match &joined {
+            Ok((id, _)) => *id,
+            Err(error) => error.id(),
+        };
+        let Some(name) = self.task_jobs.remove(&id) else {
+            return;
+        };
+        self.running.remove(&name);
+        if let Err(error) = joined {
+            tracing::error!(job = %name, error = %error, "run task ended abnormally");
+            self.ctx
+                .store
+                .update(&name, self.now(), |job| job.running = false)
+                .await;
+        }
+        if !self.jobs.contains_key(&name) {
+            // Removed by a reload while it ran: drop its status entry again.
+            let names: Vec<String> = self.jobs.keys().cloned().collect();
+            self.ctx.store.retain(&names, self.now()).await;
+        }
+    }
+
+    async fn reload(&mut self, reload: Reload) {
+        if let Err(error) = validate(&reload.jobs, self.now()) {
+            tracing::error!(error = %error, "new configuration rejected; keeping the old one");
+            return;
+        }
+        if reload.settings.status_listen != self.settings.status_listen {
+            tracing::warn!("status_listen changes take effect after a restart");
+        }
+        if reload.settings.max_parallel != self.settings.max_parallel {
+            self.semaphore = Arc::new(Semaphore::new(reload.settings.max_parallel.max(1)));
+        }
+        self.ctx = Arc::new(RunContext {
+            runner: Arc::clone(&self.ctx.runner),
+            clock: Arc::clone(&self.ctx.clock),
+            notifier: self.ctx.notifier.clone(),
+            store: Arc::clone(&self.ctx.store),
+            retry: reload.settings.retry,
+        });
+        self.settings = reload.settings;
+        self.set_jobs(reload.jobs).await;
+        tracing::info!("configuration reloaded");
+    }
+
+    /// After shutdown: waits for the cancelled runs up to the grace period,
+    /// then aborts what is left.
+    async fn drain(&mut self) {
+        if self.tasks.is_empty() {
+            return;
+        }
+        tracing::info!(running = self.tasks.len(), "stopping running jobs");
+        let grace = self.settings.shutdown_grace;
+        let waited = tokio::time::timeout(grace, async {
+            while let Some(joined) = self.tasks.join_next_with_id().await {
+                self.finished(joined).await;
+            }
+        })
+        .await;
+        if waited.is_err() {
+            tracing::warn!(
+                grace_s = grace.as_secs(),
+                running = self.tasks.len(),
+                "jobs did not stop within the grace period; aborting them"
+            );
+            self.tasks.abort_all();
+            while let Some(joined) = self.tasks.join_next_with_id().await {
+                self.finished(joined).await;
+            }
+        }
+    }
+}
+
+/// Moves a job's fire time past `now` (from the later of its last cron fire
+/// time and `now`, so missed fire times are not replayed one by one).
+fn schedule_next(scheduled: &mut Scheduled, now: DateTime<Utc>) {
+    let spec = &scheduled.spec;
+    let from = scheduled.cron_next.map_or(now, |c| c.max(now));
+    let next = next_after(&spec.schedule, spec.tz, from);
+    if next.is_none() {
+        tracing::warn!(job = %spec.name, "schedule never fires again");
+    }
+    scheduled.cron_next = next;
+    scheduled.due = next.map(|n| n + jitter(spec.jitter));
+}
+
+fn jitter(max: Duration) -> chrono::Duration {
+    if max.is_zero() {
+        return chrono::Duration::zero();
+    }
+    let delay = max.mul_f64(rand::random::<f64>());
+    chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::zero())
+}
+
+/// True when the job's last success is older than its interval (or it never
+/// succeeded).
+fn is_late(spec: &JobSpec, last_success: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    let Some(every) = interval(&spec.schedule, spec.tz, now) else {
+        return false;
+    };
+    last_success.is_none_or(|at| now - at > every)
+}
+
+/// One scheduled run: wait for a slot, notify, hooks, attempts with retries,
+/// record. Returns the job name.
+async fn run_job(
+    ctx: Arc<RunContext>,
+    spec: Arc<JobSpec>,
+    semaphore: Arc<Semaphore>,
+    cancel: CancellationToken,
+) -> String {
+    let name = spec.name.clone();
+    let permit = tokio::select! {
+        permit = semaphore.acquire_owned() => permit,
+        () = cancel.cancelled() => {
+            tracing::info!("shutdown before the run could start");
+            ctx.store.update(&name, ctx.clock.now(), |job| job.running = false).await;
+            return name;
+        }
+    };
+    let Ok(_permit) = permit else {
+        return name;
+    };
+    let start = ctx.clock.now();
+    tracing::info!("run started");
+    ctx.store
+        .update(&name, start, |job| job.last_start = Some(start))
+        .await;
+    ctx.notifier.started(&name, &spec.notify).await;
+    let outcome = run_with_hooks(&ctx, &spec, &cancel).await;
+    if let Some(snapshot) = &outcome.snapshot {
+        tracing::Span::current().record("snapshot", snapshot.as_str());
+    }
+    log_outcome(&outcome);
+    let end = ctx.clock.now();
+    ctx.store
+        .update(&name, end, |job| job.record(&outcome, end))
+        .await;
+    ctx.notifier.finished(&name, &spec.notify, &outcome).await;
+    name
+}
+
+fn log_outcome(outcome: &RunOutcome) {
+    let duration_ms = u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX);
+    match outcome.status {
+        RunStatus::Ok => tracing::info!(
+            bytes_read = outcome.bytes_read,
+            bytes_stored = outcome.bytes_stored,
+            duration_ms,
+            "run succeeded"
+        ),
+        _ => tracing::warn!(
+            status = outcome.status.as_str(),
+            error = outcome.error.as_deref().unwrap_or(""),
+            duration_ms,
+            "run did not succeed"
+        ),
+    }
+}
+
+/// The `before` hook, the attempts, then `after` or `on_failure`.
+async fn run_with_hooks(
+    ctx: &RunContext,
+    spec: &JobSpec,
+    cancel: &CancellationToken,
+) -> RunOutcome {
+    let hooks = &spec.hooks;
+    if let Some(before) = &hooks.before {
+        let env = hook_env(&spec.name, None);
+        if let Err(error) =
+            run_hook(HookKind::Before, &spec.name, before, &env, hooks.timeout).await
+        {
+            let outcome = RunOutcome::failed(error.to_string(), false);
+            after_hooks(spec, &outcome).await;
+            return outcome;
+        }
+    }
+    let outcome = attempts(ctx, &spec.name, cancel).await;
+    after_hooks(spec, &outcome).await;
+    outcome
+}
+
+async fn after_hooks(spec: &JobSpec, outcome: &RunOutcome) {
+    let hooks = &spec.hooks;
+    let (kind, command) = if outcome.status.is_success() {
+        (HookKind::After, &hooks.after)
+    } else {
+        (HookKind::OnFailure, &hooks.on_failure)
+    };
+    let Some(command) = command else { return };
+    let env = hook_env(&spec.name, Some(outcome));
+    if let Err(error) = run_hook(kind, &spec.name, command, &env, hooks.timeout).await {
+        tracing::warn!(error = %error, "hook failed");
+    }
+}
+
+/// Calls the runner, retrying retryable failures per the retry policy.
+async fn attempts(ctx: &RunContext, job: &str, cancel: &CancellationToken) -> RunOutcome {
+    let first = tokio::time::Instant::now();
+    let mut made = 0u32;
+    loop {
+        made += 1;
+        let started = tokio::time::Instant::now();
+        let mut outcome = ctx.runner.run(job, cancel.child_token()).await;
+        if outcome.duration.is_zero() {
+            outcome.duration = started.elapsed();
+        }
+        if outcome.status != RunStatus::Failed || !outcome.retryable || cancel.is_cancelled() {
+            return outcome;
+        }
+        let Some(delay) = ctx
+            .retry
+            .next_delay(made, first.elapsed(), rand::random::<f64>())
+        else {
+            return outcome;
+        };
+        tracing::warn!(
+            attempt = made,
+            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            error = outcome.error.as_deref().unwrap_or(""),
+            "transient failure; retrying"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = cancel.cancelled() => return outcome,
+        }
+    }
+}

@@ -2,12 +2,16 @@
 //!
 //! See `README.md` for the user's view and `docs/` for the design notes.
 
+pub mod agent;
 pub mod archive;
+pub mod backup;
 pub mod config;
 pub mod dsm;
 #[cfg(feature = "emulator")]
 pub mod emulator;
+pub mod event;
 pub mod repo;
+pub mod restore;
 pub mod retention;
 #[cfg(feature = "daemon")]
 pub mod schedule;

@@ -140,7 +140,7 @@ impl Policy {
 }
 
 /// The fate of one snapshot.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Decision {
     /// The snapshot id.

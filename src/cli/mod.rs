@@ -1,53 +1,83 @@
 //! Command-line front end: clap commands, human output, exit codes.
 //!
-//! This is the only place in synback that prints.
+//! This is the only place in synback that prints. Each command loads the
+//! config, builds an [`Agent`], calls one library function and prints its
+//! report; errors are printed with their whole cause chain and mapped to the
+//! exit codes documented in the README.
 
+mod commands;
+#[cfg(feature = "emulator")]
+mod demo;
 #[cfg(feature = "emulator")]
 mod nas_emulator;
+mod output;
 
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 /// synback: verified, compressed snapshot backups to a Synology NAS.
 #[derive(Debug, Parser)]
-#[command(name = "synback", version, about)]
+#[command(name = "synback", version, about, max_term_width = 100)]
 struct Cli {
+    /// Config file [default: $SYNBACK_CONFIG, else /etc/synback/config.toml].
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format: human, or json (one object per line, for journald/Docker).
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "human")]
+    log_format: LogFormat,
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors.
+    #[arg(long, short = 'q', global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Back up one or more jobs now (all jobs when none is named).
+    Backup(commands::BackupArgs),
+    /// List the snapshots of a job, with partial uploads and orphans.
+    List(commands::ListArgs),
+    /// Check snapshots: NAS MD5 against the manifest, or --deep: download and read everything.
+    Verify(commands::VerifyArgs),
+    /// Apply the retention policy now (--dry-run shows the plan).
+    Forget(commands::ForgetArgs),
+    /// Restore a snapshot (or part of it) into a folder.
+    Restore(commands::RestoreArgs),
+    /// List the files inside a snapshot without restoring.
+    Ls(commands::LsArgs),
+    /// Show what changed between two snapshots.
+    Diff(commands::DiffArgs),
+    /// Validate the config file (--online also logs in and checks the share).
+    CheckConfig(commands::CheckConfigArgs),
+    /// Log in once with a 2FA code and remember this device, so unattended runs need no code.
+    Login(commands::LoginArgs),
+    /// Run the whole cycle against the built-in NAS emulator, in a temp folder.
+    #[cfg(feature = "emulator")]
+    Demo(demo::DemoArgs),
     /// Run a fake Synology NAS (DSM API emulator) for tests and demos.
     #[cfg(feature = "emulator")]
     NasEmulator(nas_emulator::NasEmulatorArgs),
 }
 
-/// Exit codes, distinct so that scripts and monitors can react.
-#[allow(dead_code)]
-pub mod exit {
-    /// Everything worked.
-    pub const OK: u8 = 0;
-    /// The run failed.
-    pub const FAILED: u8 = 1;
-    /// Bad usage or configuration.
-    pub const USAGE: u8 = 2;
-    /// Partial: some files could not be read.
-    pub const PARTIAL: u8 = 3;
-    /// Verification failed.
-    pub const VERIFY: u8 = 4;
-    /// The NAS could not be reached.
-    pub const UNREACHABLE: u8 = 5;
-    /// The NAS refused the credentials.
-    pub const AUTH: u8 = 6;
-    /// The job is locked by another writer.
-    pub const LOCKED: u8 = 7;
-}
+pub use synback::agent::exit;
 
 /// Parses the command line, runs the command and returns its exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -62,8 +92,42 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
+    let config = commands::ConfigArg(cli.config.clone());
     match cli.command {
+        Command::Backup(args) => ExitCode::from(commands::backup(&config, args).await),
+        Command::List(args) => ExitCode::from(commands::list(&config, args).await),
+        Command::Verify(args) => ExitCode::from(commands::verify(&config, args).await),
+        Command::Forget(args) => ExitCode::from(commands::forget(&config, args).await),
+        Command::Restore(args) => ExitCode::from(commands::restore(&config, args).await),
+        Command::Ls(args) => ExitCode::from(commands::ls(&config, args).await),
+        Command::Diff(args) => ExitCode::from(commands::diff(&config, args).await),
+        Command::CheckConfig(args) => ExitCode::from(commands::check_config(&config, args).await),
+        Command::Login(args) => ExitCode::from(commands::login(&config, args).await),
+        #[cfg(feature = "emulator")]
+        Command::Demo(args) => demo::run(args).await,
         #[cfg(feature = "emulator")]
         Command::NasEmulator(args) => nas_emulator::run(args).await,
     }
+}
+
+/// Human logs on stderr by default (warnings and up unless -v), JSON when asked.
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info,synback=debug",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_env("SYNBACK_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cli.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Human => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(false)
+            .try_init(),
+    };
 }

@@ -1,10 +1,12 @@
 //! Integration tests, one binary, one module per topic.
 
 mod archive;
-//! Integration tests, one module per topic, built into one binary.
+mod backup;
+mod cli;
 mod config;
 mod dsm;
 mod emulator;
 mod repo;
-//! Integration tests, one module per topic.
+mod restore;
 mod schedule;
+mod support;

@@ -1,0 +1,910 @@
+//! One backup run: lock → pack and upload volumes (each to `*.partial`,
+//! proven by the target's MD5, then renamed) → manifest last → retention →
+//! stale-partial cleanup → unlock.
+//!
+//! Works against any [`Target`]; knows nothing of DSM. The archive is
+//! produced by [`archive::pack`] on a blocking thread while volumes are
+//! uploaded on the async side, so reading, compressing and uploading
+//! overlap. Memory stays bounded: in spool mode at most two volumes sit on
+//! local disk (one being uploaded, one being written); in stream mode the
+//! bytes go straight from the compressor into the upload through a small
+//! bounded channel.
+//!
+//! A crash at any point leaves either the old state or removable
+//! `*.partial` files: a snapshot exists only once its manifest does, and the
+//! manifest is written only after every volume's MD5 matched.
+
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::io::ReaderStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, instrument, warn};
+
+use crate::archive::{
+    self, Issue, Manifest, PackCounts, PackOptions, SnapshotMeta, VolumeInfo, VolumeSink,
+};
+use crate::event::{Event, Events, Phase, Progress};
+use crate::repo::layout::{self, Encryption, JobName, SnapshotId};
+use crate::repo::listing::{Listing, plan_cleanup};
+use crate::repo::lock::{self, Lock, LockInfo, LockOptions};
+use crate::repo::target::{self, PutBody, PutMode, Target, TargetExt};
+use crate::retention::{self, Decision, Policy};
+
+/// How volumes travel to the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum UploadMode {
+    /// Each volume is written to a local temp file first and sent with an
+    /// exact length; a failed volume is re-sent from that file.
+    #[default]
+    Spool,
+    /// Bytes are sent as they are produced (no local disk); a failure fails
+    /// the run, which the caller may retry as a whole.
+    Stream,
+}
+
+/// Everything one backup run needs to know.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BackupOptions {
+    /// The job whose folder the target is.
+    pub job: JobName,
+    /// What to archive and how.
+    pub pack: PackOptions,
+    /// Spool or stream.
+    pub upload_mode: UploadMode,
+    /// Where spool files go (default: the system temp dir).
+    pub spool_dir: Option<PathBuf>,
+    /// What to keep after a successful run.
+    pub retention: Policy,
+    /// Time zone for retention periods (days, weeks).
+    pub timezone: chrono_tz::Tz,
+    /// Lock behaviour (stale age, host name).
+    pub lock: LockOptions,
+    /// How many times one volume is sent before the run fails.
+    pub volume_attempts: u32,
+    /// Pause before re-sending a failed volume (doubles each time).
+    pub retry_delay: Duration,
+}
+
+impl BackupOptions {
+    /// Defaults for `job` archiving `pack`.
+    pub fn new(job: JobName, pack: PackOptions) -> Self {
+        Self {
+            job,
+            pack,
+            upload_mode: UploadMode::Spool,
+            spool_dir: None,
+            retention: Policy::default(),
+            timezone: chrono_tz::UTC,
+            lock: LockOptions::default(),
+            volume_attempts: 3,
+            retry_delay: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Whether the snapshot holds everything that was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum RunStatus {
+    /// Every file was read.
+    Ok,
+    /// The snapshot is stored and verified, but some files could not be
+    /// read or changed while read (see the report's issues).
+    Partial,
+}
+
+/// One volume as stored on the target.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StoredVolume {
+    /// Its name in the job folder.
+    pub name: String,
+    /// Size, MD5 and SHA-256 as computed locally and confirmed by the MD5 task.
+    pub info: VolumeInfo,
+    /// How many uploads it took.
+    pub attempts: u32,
+}
+
+/// What a successful backup run did.
+#[derive(Debug, Clone, serde::Serialize)]
+#[non_exhaustive]
+pub struct BackupReport {
+    /// The new snapshot.
+    pub snapshot: String,
+    /// Ok or partial.
+    pub status: RunStatus,
+    /// File, directory and link counts.
+    pub counts: PackCounts,
+    /// File content bytes read.
+    pub bytes_read: u64,
+    /// Archive bytes stored (all volumes).
+    pub bytes_stored: u64,
+    /// Bytes sent over the wire, re-sends included.
+    pub bytes_sent: u64,
+    /// The volumes, in order.
+    pub volumes: Vec<StoredVolume>,
+    /// Files that were skipped or changed while read.
+    pub issues: Vec<Issue>,
+    /// Retention decisions over the complete snapshots (new one included).
+    pub retention: Vec<Decision>,
+    /// Snapshots deleted by retention.
+    pub forgotten: Vec<String>,
+    /// Stale partial files removed.
+    pub cleaned: Vec<String>,
+    /// Wall-clock duration of the run.
+    #[serde(with = "duration_secs")]
+    pub duration: Duration,
+}
+
+/// Why a backup run failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The target refused or failed an operation.
+    #[error("storage: {source}")]
+    Target {
+        /// The cause.
+        #[from]
+        source: target::Error,
+    },
+    /// Another writer holds the job's lock, or ours was lost.
+    #[error(transparent)]
+    Lock {
+        /// The cause.
+        #[from]
+        source: lock::Error,
+    },
+    /// Reading or compressing the sources failed.
+    #[error("archiving the sources failed: {source}")]
+    Archive {
+        /// The cause.
+        #[from]
+        source: archive::Error,
+    },
+    /// The NAS's MD5 of an uploaded volume kept differing from ours.
+    #[error(
+        "volume {name}: the NAS computed MD5 {actual} but {expected} was sent ({attempts} attempts); the upload was deleted and no snapshot was recorded"
+    )]
+    Md5Mismatch {
+        /// The volume's final name.
+        name: String,
+        /// The MD5 computed while producing the volume.
+        expected: String,
+        /// The MD5 the target reported.
+        actual: String,
+        /// How many uploads were tried.
+        attempts: u32,
+    },
+    /// Too many volumes for the naming scheme.
+    #[error("the archive needs more volumes than the layout allows: {source}")]
+    Layout {
+        /// The cause.
+        #[from]
+        source: layout::Error,
+    },
+    /// Local spool files could not be written or read.
+    #[error("spool file in {dir}: {source}")]
+    Spool {
+        /// The spool directory.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The run was cancelled; partial uploads were removed.
+    #[error("the backup was cancelled; partial uploads were removed")]
+    Cancelled,
+    /// A worker task ended abnormally.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// True when trying the whole run again later may succeed (network,
+    /// busy NAS, a lost session).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Target { source } => source.is_retryable(),
+            Error::Lock { source } => matches!(
+                source,
+                lock::Error::Target { source } if source.is_retryable()
+            ),
+            Error::Md5Mismatch { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Runs one backup of `opts.job` into `target`.
+///
+/// `now` names the snapshot and is the reference for retention (pass
+/// `Utc::now()`; tests pass a fixed time).
+///
+/// # Errors
+/// See [`Error`]. On any error after the lock was taken, this run's
+/// partial uploads are deleted (best effort) and the lock released; no
+/// manifest is written, so no half snapshot is ever listed.
+///
+/// # Cancel safety
+/// Cancel through `cancel`, not by dropping the future: cancellation stops
+/// reading and uploading at the next chunk, removes partials and releases
+/// the lock before returning [`Error::Cancelled`].
+#[instrument(skip_all, fields(job = %opts.job))]
+pub async fn run(
+    target: Arc<dyn Target>,
+    opts: &BackupOptions,
+    events: Events,
+    cancel: CancellationToken,
+    now: DateTime<Utc>,
+) -> Result<BackupReport, Error> {
+    let started = Instant::now();
+    events.event(Event::Phase(Phase::Connecting));
+    target.ensure_folder().await?;
+    let id = SnapshotId::new(opts.job.clone(), now);
+    let info = LockInfo::for_this_process(now).with_snapshot(&id);
+    let lock = Lock::acquire(target.as_ref(), info, &opts.lock, now).await?;
+    info!(snapshot = %id, "lock taken");
+
+    let result = transfer_and_commit(&target, opts, &id, &events, &cancel, now).await;
+    let result = match result {
+        Ok(report) => finish(&target, opts, report, &events, now).await,
+        Err(err) => {
+            remove_partials_of(target.as_ref(), &opts.job, &id).await;
+            Err(err)
+        }
+    };
+    if let Err(err) = lock.release(target.as_ref()).await {
+        warn!(cause = %err, "could not release the lock");
+    }
+    events.event(Event::Phase(Phase::Done));
+    result.map(|mut report| {
+        report.duration = started.elapsed();
+        report
+    })
+}
+
+/// Packs, uploads and verifies every volume, then writes the manifest.
+async fn transfer_and_commit(
+    target: &Arc<dyn Target>,
+    opts: &BackupOptions,
+    id: &SnapshotId,
+    events: &Events,
+    cancel: &CancellationToken,
+    now: DateTime<Utc>,
+) -> Result<BackupReport, Error> {
+    events.event(Event::Phase(Phase::Transferring));
+    let encryption = match opts.pack.recipients.is_empty() && opts.pack.passphrase.is_none() {
+        true => Encryption::Plain,
+        false => Encryption::Age,
+    };
+    let names = VolumeNames {
+        id: id.clone(),
+        encryption,
+        split: opts.pack.volume_size.is_some(),
+    };
+    let sent = Arc::new(AtomicU64::new(0));
+    let (summary, volumes) = match opts.upload_mode {
+        UploadMode::Spool => spool::run(target, opts, &names, events, cancel, &sent).await?,
+        UploadMode::Stream => stream::run(target, opts, &names, events, cancel, &sent).await?,
+    };
+
+    events.event(Event::Phase(Phase::Committing));
+    let meta = SnapshotMeta::new(
+        id.to_string(),
+        opts.job.as_str(),
+        now,
+        lock::local_hostname(),
+        volumes.iter().map(|v| v.name.clone()).collect(),
+    );
+    let manifest = Manifest::from_pack(meta, &opts.pack, &summary)?;
+    let data = Bytes::from(manifest.to_json()?);
+    let local_md5 = md5_hex(&data);
+    let attempts = store_verified(
+        target.as_ref(),
+        &id.manifest_name(),
+        &local_md5,
+        || Ok((target::body_from_bytes(data.clone()), data.len() as u64)),
+        opts,
+        events,
+        &sent,
+    )
+    .await?;
+    info!(snapshot = %id, attempts, "manifest written: snapshot committed");
+
+    let status = match summary.is_partial() {
+        true => RunStatus::Partial,
+        false => RunStatus::Ok,
+    };
+    Ok(BackupReport {
+        snapshot: id.to_string(),
+        status,
+        counts: summary.counts.clone(),
+        bytes_read: summary.bytes_read,
+        bytes_stored: summary.bytes_out,
+        bytes_sent: sent.load(Ordering::Relaxed),
+        volumes,
+        issues: summary.issues.clone(),
+        retention: Vec::new(),
+        forgotten: Vec::new(),
+        cleaned: Vec::new(),
+        duration: Duration::ZERO,
+    })
+}
+
+/// Names of the volumes of one snapshot.
+#[derive(Debug, Clone)]
+struct VolumeNames {
+    id: SnapshotId,
+    encryption: Encryption,
+    split: bool,
+}
+
+impl VolumeNames {
+    fn name(&self, index: u32) -> Result<String, Error> {
+        match self.split {
+            false => Ok(self.id.archive_name(self.encryption)),
+            true => Ok(self.id.volume_name(self.encryption, index)?),
+        }
+    }
+}
+
+/// Uploads one file to `<name>.partial`, checks the target's MD5 against
+/// `md5`, and renames it to `name`. A mismatch or a retryable failure
+/// deletes the partial and sends again, up to `opts.volume_attempts` times.
+/// `body` makes a fresh body (and its exact length) for each attempt.
+///
+/// Returns the number of attempts it took.
+async fn store_verified<F>(
+    target: &dyn Target,
+    name: &str,
+    md5: &str,
+    body: F,
+    opts: &BackupOptions,
+    events: &Events,
+    sent: &Arc<AtomicU64>,
+) -> Result<u32, Error>
+where
+    F: Fn() -> Result<(PutBody, u64), Error>,
+{
+    let partial = layout::partial_name(name);
+    let attempts = opts.volume_attempts.max(1);
+    let mut delay = opts.retry_delay;
+    for attempt in 1..=attempts {
+        let (stream, len) = body()?;
+        let outcome = upload_once(target, &partial, stream, len, md5, sent).await;
+        let reason = match outcome {
+            Ok(()) => {
+                target.rename(&partial, name).await?;
+                return Ok(attempt);
+            }
+            Err(Attempt::Mismatch(actual)) if attempt == attempts => {
+                delete_quietly(target, &partial).await;
+                return Err(Error::Md5Mismatch {
+                    name: name.to_owned(),
+                    expected: md5.to_owned(),
+                    actual,
+                    attempts,
+                });
+            }
+            Err(Attempt::Failed(err)) if attempt == attempts || !err.is_retryable() => {
+                delete_quietly(target, &partial).await;
+                return Err(err.into());
+            }
+            Err(Attempt::Mismatch(actual)) => format!("MD5 {actual} differs from {md5}"),
+            Err(Attempt::Failed(err)) => err.to_string(),
+        };
+        warn!(volume = name, attempt, reason = %reason, "volume upload failed; sending again");
+        events.event(Event::VolumeRetry {
+            name: name.to_owned(),
+            attempt,
+            reason,
+        });
+        delete_quietly(target, &partial).await;
+        tokio::time::sleep(delay).await;
+        delay = delay.saturating_mul(2);
+    }
+    Err(Error::Internal(
+        "volume retry loop ended without a result".into(),
+    ))
+}
+
+/// How one upload attempt went wrong.
+enum Attempt {
+    /// The target's MD5 differs (it holds other bytes than we sent).
+    Mismatch(String),
+    /// The upload or the MD5 task failed.
+    Failed(target::Error),
+}
+
+async fn upload_once(
+    target: &dyn Target,
+    partial: &str,
+    body: PutBody,
+    len: u64,
+    md5: &str,
+    sent: &Arc<AtomicU64>,
+) -> Result<(), Attempt> {
+    let counter = Arc::clone(sent);
+    let body = body
+        .inspect(move |chunk| {
+            if let Ok(chunk) = chunk {
+                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        })
+        .boxed();
+    target
+        .put_opts(partial, body, Some(len), PutMode::Overwrite)
+        .await
+        .map_err(Attempt::Failed)?;
+    let remote = target.md5(partial).await.map_err(Attempt::Failed)?;
+    match remote.eq_ignore_ascii_case(md5) {
+        true => Ok(()),
+        false => Err(Attempt::Mismatch(remote)),
+    }
+}
+
+async fn delete_quietly(target: &dyn Target, name: &str) {
+    if let Err(err) = target.delete_if_exists(name).await {
+        warn!(file = name, cause = %err, "could not delete a partial upload");
+    }
+}
+
+/// Deletes every file of snapshot `id` that is not committed: its partials
+/// and, since no manifest was written, its already renamed volumes.
+async fn remove_partials_of(target: &dyn Target, job: &JobName, id: &SnapshotId) {
+    let Ok(entries) = target.list().await else {
+        warn!(snapshot = %id, "could not list the folder to remove this run's uploads");
+        return;
+    };
+    for entry in entries {
+        let ours =
+            layout::parse_name(job, &entry.name).is_some_and(|kind| kind.snapshot_id() == Some(id));
+        if ours && !entry.is_dir {
+            delete_quietly(target, &entry.name).await;
+        }
+    }
+}
+
+/// After the commit: retention and cleanup. Their failures are logged and
+/// reported, never turn a stored snapshot into a failed run.
+async fn finish(
+    target: &Arc<dyn Target>,
+    opts: &BackupOptions,
+    mut report: BackupReport,
+    events: &Events,
+    now: DateTime<Utc>,
+) -> Result<BackupReport, Error> {
+    events.event(Event::Phase(Phase::Rotating));
+    match rotate(target.as_ref(), opts, now).await {
+        Ok((decisions, forgotten, cleaned)) => {
+            report.retention = decisions;
+            report.forgotten = forgotten;
+            report.cleaned = cleaned;
+        }
+        Err(err) => warn!(cause = %err, "retention was not applied this time"),
+    }
+    Ok(report)
+}
+
+/// What [`rotate`] decided and did: decisions, snapshots deleted, stale
+/// partials removed.
+pub type RotateOutcome = (Vec<Decision>, Vec<String>, Vec<String>);
+
+/// Applies the retention policy to the complete snapshots in `target` and
+/// removes partial uploads older than a day. Only names that parse as this
+/// job's files are ever deleted; the newest complete snapshot is always kept.
+///
+/// # Errors
+/// Listing or deleting failed; what was deleted before stays deleted.
+pub async fn rotate(
+    target: &dyn Target,
+    opts: &BackupOptions,
+    now: DateTime<Utc>,
+) -> Result<RotateOutcome, target::Error> {
+    let listing = Listing::classify(&opts.job, target.list().await?);
+    let decisions = retention::apply(&listing.candidates(), &opts.retention, now, opts.timezone);
+    let mut forgotten = Vec::new();
+    for decision in decisions.iter().filter(|d| !d.keep) {
+        let Some(snapshot) = listing
+            .snapshots
+            .iter()
+            .find(|s| s.id.to_string() == decision.id)
+        else {
+            continue;
+        };
+        for name in snapshot.deletion_order() {
+            target.delete_if_exists(&name).await?;
+        }
+        info!(snapshot = %decision.id, "forgotten by retention");
+        forgotten.push(decision.id.clone());
+    }
+    let mut cleaned = Vec::new();
+    for item in plan_cleanup(&listing, now) {
+        target.delete_if_exists(&item.name).await?;
+        cleaned.push(item.name);
+    }
+    Ok((decisions, forgotten, cleaned))
+}
+
+/// Lowercase hex MD5 of a small buffer (the manifest).
+fn md5_hex(data: &[u8]) -> String {
+    use md5::Digest;
+    hex::encode(md5::Md5::digest(data))
+}
+
+/// Turns archive progress into throttled [`Event::Progress`] events.
+fn progress_reporter(
+    events: &Events,
+    sent: &Arc<AtomicU64>,
+) -> impl Fn(&archive::PackProgress<'_>) + use<> {
+    let events = Arc::clone(events);
+    let sent = Arc::clone(sent);
+    let last = std::sync::Mutex::new(Instant::now());
+    move |p: &archive::PackProgress<'_>| {
+        let Ok(mut last) = last.lock() else { return };
+        if last.elapsed() < Duration::from_millis(200) {
+            return;
+        }
+        *last = Instant::now();
+        events.event(Event::Progress(Progress {
+            files: p.counts.files,
+            bytes: p.bytes_read,
+            transferred: sent.load(Ordering::Relaxed),
+            total_bytes: None,
+            current: Some(p.current.display().to_string()),
+        }));
+    }
+}
+
+/// Runs [`archive::pack`] on a blocking thread, forwarding issues as events.
+async fn pack_blocking<S>(
+    opts: &BackupOptions,
+    mut sink: S,
+    events: &Events,
+    cancel: &CancellationToken,
+    sent: &Arc<AtomicU64>,
+) -> Result<archive::PackSummary, Error>
+where
+    S: VolumeSink + Send + 'static,
+{
+    let pack_opts = opts.pack.clone();
+    let progress = progress_reporter(events, sent);
+    let cancel = cancel.clone();
+    let summary = tokio::task::spawn_blocking(move || {
+        archive::pack(&pack_opts, &mut sink, &progress, &cancel)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("the archiver thread ended: {e}")))??;
+    for issue in &summary.issues {
+        events.event(Event::Warning {
+            path: issue.path.display().to_string(),
+            reason: issue.reason.clone(),
+        });
+    }
+    Ok(summary)
+}
+
+/// Spool mode: volumes go through local temp files.
+mod spool {
+    use super::*;
+
+    /// A finished volume waiting in a temp file.
+    pub(super) struct Spooled {
+        pub(super) file: tempfile::TempPath,
+        pub(super) info: VolumeInfo,
+    }
+
+    /// Writes each volume to a temp file and hands it to the uploader. Holds
+    /// a slot per volume so that at most two volumes exist on disk.
+    struct SpoolSink {
+        dir: PathBuf,
+        current: Option<(BufWriter<std::fs::File>, tempfile::TempPath)>,
+        slots: std::sync::mpsc::Receiver<()>,
+        done: mpsc::Sender<Spooled>,
+    }
+
+    impl VolumeSink for SpoolSink {
+        fn begin_volume(&mut self, _index: u32) -> io::Result<()> {
+            self.slots
+                .recv()
+                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the uploader stopped"))?;
+            let (file, path) = tempfile::Builder::new()
+                .prefix("synback-volume-")
+                .tempfile_in(&self.dir)?
+                .into_parts();
+            self.current = Some((BufWriter::with_capacity(1 << 20, file), path));
+            Ok(())
+        }
+
+        fn write(&mut self, buf: &[u8]) -> io::Result<()> {
+            match &mut self.current {
+                Some((writer, _)) => writer.write_all(buf),
+                None => Err(io::Error::other("write outside a volume")),
+            }
+        }
+
+        fn end_volume(&mut self, info: &VolumeInfo) -> io::Result<()> {
+            let Some((writer, file)) = self.current.take() else {
+                return Err(io::Error::other("end of a volume that was not begun"));
+            };
+            writer
+                .into_inner()
+                .map_err(|e| e.into_error())?
+                .sync_data()?;
+            let spooled = Spooled {
+                file,
+                info: info.clone(),
+            };
+            self.done
+                .blocking_send(spooled)
+                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the uploader stopped"))
+        }
+    }
+
+    pub(super) async fn run(
+        target: &Arc<dyn Target>,
+        opts: &BackupOptions,
+        names: &VolumeNames,
+        events: &Events,
+        cancel: &CancellationToken,
+        sent: &Arc<AtomicU64>,
+    ) -> Result<(archive::PackSummary, Vec<StoredVolume>), Error> {
+        let dir = opts.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let (slot_tx, slot_rx) = std::sync::mpsc::channel();
+        for _ in 0..2 {
+            let _ = slot_tx.send(());
+        }
+        let (done_tx, done_rx) = mpsc::channel(1);
+        let sink = SpoolSink {
+            dir: dir.clone(),
+            current: None,
+            slots: slot_rx,
+            done: done_tx,
+        };
+        let pack_cancel = cancel.child_token();
+        let uploader = upload_all(target, opts, names, events, done_rx, slot_tx, sent);
+        let (packed, uploaded) = tokio::join!(
+            pack_blocking(opts, sink, events, &pack_cancel, sent),
+            async {
+                let r = uploader.await;
+                if r.is_err() {
+                    pack_cancel.cancel();
+                }
+                r
+            }
+        );
+        let volumes = uploaded?;
+        let summary = match packed {
+            Err(Error::Archive { source }) if cancel.is_cancelled() => {
+                drop(source);
+                return Err(Error::Cancelled);
+            }
+            other => other?,
+        };
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        Ok((summary, volumes))
+    }
+
+    async fn upload_all(
+        target: &Arc<dyn Target>,
+        opts: &BackupOptions,
+        names: &VolumeNames,
+        events: &Events,
+        mut done: mpsc::Receiver<Spooled>,
+        slots: std::sync::mpsc::Sender<()>,
+        sent: &Arc<AtomicU64>,
+    ) -> Result<Vec<StoredVolume>, Error> {
+        let mut stored = Vec::new();
+        while let Some(spooled) = done.recv().await {
+            let name = names.name(spooled.info.index)?;
+            let path = spooled.file.to_path_buf();
+            let size = spooled.info.size;
+            let attempts = store_verified(
+                target.as_ref(),
+                &name,
+                &spooled.info.md5,
+                || Ok((file_body(path.clone()), size)),
+                opts,
+                events,
+                sent,
+            )
+            .await?;
+            events.event(Event::VolumeStored {
+                name: name.clone(),
+                size,
+            });
+            info!(volume = %name, bytes = size, attempts, "volume stored and verified");
+            stored.push(StoredVolume {
+                name,
+                info: spooled.info.clone(),
+                attempts,
+            });
+            drop(spooled);
+            let _ = slots.send(());
+        }
+        Ok(stored)
+    }
+
+    /// A body that streams a spool file, opened lazily for each attempt.
+    fn file_body(path: PathBuf) -> PutBody {
+        futures_util::stream::once(async move { tokio::fs::File::open(path).await })
+            .map(|file| match file {
+                Ok(file) => ReaderStream::with_capacity(file, 256 * 1024).boxed(),
+                Err(err) => futures_util::stream::once(async move { Err(err) }).boxed(),
+            })
+            .flatten()
+            .boxed()
+    }
+}
+
+/// Stream mode: bytes go from the compressor straight into the upload.
+mod stream {
+    use super::*;
+
+    /// Chunks are gathered to this size before they are sent to the uploader.
+    const CHUNK: usize = 256 * 1024;
+
+    enum Message {
+        Begin(u32, mpsc::Receiver<io::Result<Bytes>>),
+        End(VolumeInfo),
+    }
+
+    struct StreamSink {
+        control: mpsc::Sender<Message>,
+        chunks: Option<mpsc::Sender<io::Result<Bytes>>>,
+        buf: Vec<u8>,
+    }
+
+    fn stopped() -> io::Error {
+        io::Error::new(io::ErrorKind::BrokenPipe, "the uploader stopped")
+    }
+
+    impl StreamSink {
+        fn flush_buf(&mut self) -> io::Result<()> {
+            if self.buf.is_empty() {
+                return Ok(());
+            }
+            let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+            match &self.chunks {
+                Some(tx) => tx.blocking_send(Ok(chunk)).map_err(|_| stopped()),
+                None => Err(io::Error::other("write outside a volume")),
+            }
+        }
+    }
+
+    impl VolumeSink for StreamSink {
+        fn begin_volume(&mut self, index: u32) -> io::Result<()> {
+            let (tx, rx) = mpsc::channel(4);
+            self.chunks = Some(tx);
+            self.control
+                .blocking_send(Message::Begin(index, rx))
+                .map_err(|_| stopped())
+        }
+
+        fn write(&mut self, buf: &[u8]) -> io::Result<()> {
+            self.buf.extend_from_slice(buf);
+            if self.buf.len() >= CHUNK {
+                self.flush_buf()?;
+            }
+            Ok(())
+        }
+
+        fn end_volume(&mut self, info: &VolumeInfo) -> io::Result<()> {
+            self.flush_buf()?;
+            self.chunks = None;
+            self.control
+                .blocking_send(Message::End(info.clone()))
+                .map_err(|_| stopped())
+        }
+    }
+
+    pub(super) async fn run(
+        target: &Arc<dyn Target>,
+        opts: &BackupOptions,
+        names: &VolumeNames,
+        events: &Events,
+        cancel: &CancellationToken,
+        sent: &Arc<AtomicU64>,
+    ) -> Result<(archive::PackSummary, Vec<StoredVolume>), Error> {
+        let (control_tx, control_rx) = mpsc::channel(1);
+        let sink = StreamSink {
+            control: control_tx,
+            chunks: None,
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let pack_cancel = cancel.child_token();
+        let (packed, uploaded) = tokio::join!(
+            pack_blocking(opts, sink, events, &pack_cancel, sent),
+            async {
+                let r = upload_all(target, names, events, control_rx, sent).await;
+                if r.is_err() {
+                    pack_cancel.cancel();
+                }
+                r
+            }
+        );
+        let volumes = uploaded?;
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        Ok((packed?, volumes))
+    }
+
+    async fn upload_all(
+        target: &Arc<dyn Target>,
+        names: &VolumeNames,
+        events: &Events,
+        mut control: mpsc::Receiver<Message>,
+        sent: &Arc<AtomicU64>,
+    ) -> Result<Vec<StoredVolume>, Error> {
+        let mut stored = Vec::new();
+        while let Some(message) = control.recv().await {
+            let Message::Begin(index, chunks) = message else {
+                return Err(Error::Internal("volume end without a beginning".into()));
+            };
+            let name = names.name(index)?;
+            let partial = layout::partial_name(&name);
+            let counter = Arc::clone(sent);
+            let body = tokio_stream_from(chunks)
+                .inspect(move |c| {
+                    if let Ok(c) = c {
+                        counter.fetch_add(c.len() as u64, Ordering::Relaxed);
+                    }
+                })
+                .boxed();
+            target
+                .put_opts(&partial, body, None, PutMode::Overwrite)
+                .await?;
+            let Some(Message::End(info)) = control.recv().await else {
+                return Err(Error::Internal("volume ended without its digests".into()));
+            };
+            let remote = target.md5(&partial).await?;
+            if !remote.eq_ignore_ascii_case(&info.md5) {
+                delete_quietly(target.as_ref(), &partial).await;
+                return Err(Error::Md5Mismatch {
+                    name,
+                    expected: info.md5,
+                    actual: remote,
+                    attempts: 1,
+                });
+            }
+            target.rename(&partial, &name).await?;
+            events.event(Event::VolumeStored {
+                name: name.clone(),
+                size: info.size,
+            });
+            stored.push(StoredVolume {
+                name,
+                info,
+                attempts: 1,
+            });
+        }
+        Ok(stored)
+    }
+
+    fn tokio_stream_from(
+        mut rx: mpsc::Receiver<io::Result<Bytes>>,
+    ) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send + 'static {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+}
+
+mod duration_secs {
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}

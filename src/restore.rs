@@ -1,0 +1,592 @@
+//! Reading snapshots back: choose a snapshot, fetch its manifest, download
+//! each volume, prove it against the manifest's SHA-256, then decrypt,
+//! decompress and extract (or list) on a blocking thread.
+//!
+//! Works against any [`Target`]; knows nothing of DSM. A volume is
+//! downloaded into a local temp file and its digest checked *before* any of
+//! its bytes reach the extractor, so a corrupted volume stops the restore
+//! with an error naming it, and nothing is written from bad bytes. While
+//! volume N is being extracted, volume N+1 is downloaded: at most two
+//! volumes sit on local disk.
+//!
+//! Verification without writing files (`verify --deep`, `ls`) streams the
+//! volumes straight into the archive reader instead.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, instrument};
+
+use crate::archive::{self, DecryptKey, EntryInfo, Manifest, VolumeRecord as ManifestVolume};
+use crate::event::{Event, Events, Phase};
+use crate::repo::layout::{JobName, SnapshotId};
+use crate::repo::listing::{Listing, SnapshotFiles};
+use crate::repo::target::{self, Target, TargetExt};
+
+/// Largest manifest accepted (a manifest is a few KiB; this stops a hostile
+/// or broken NAS from making us buffer gigabytes).
+const MANIFEST_LIMIT: usize = 16 << 20;
+
+/// Which snapshot to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Selector {
+    /// The newest complete snapshot.
+    Latest,
+    /// The snapshot with this id (`<job>-<YYYYMMDDTHHMMSSZ>`).
+    Id(String),
+    /// The newest complete snapshot taken before this time.
+    Before(DateTime<Utc>),
+}
+
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Selector::Latest => f.write_str("latest"),
+            Selector::Id(id) => f.write_str(id),
+            Selector::Before(t) => {
+                write!(f, "the newest before {}", t.format("%Y-%m-%d %H:%M:%S UTC"))
+            }
+        }
+    }
+}
+
+/// How to restore.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct RestoreOptions {
+    /// The folder to restore into.
+    pub target_dir: PathBuf,
+    /// Only entries matching these globs (archive paths); empty = all.
+    pub include: Vec<String>,
+    /// Replace existing files.
+    pub overwrite: bool,
+    /// List what would be restored, write nothing.
+    pub dry_run: bool,
+    /// Keys for an encrypted snapshot.
+    pub keys: Vec<DecryptKey>,
+    /// Where downloaded volumes wait to be extracted (default: system temp).
+    pub spool_dir: Option<PathBuf>,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, serde::Serialize)]
+#[non_exhaustive]
+pub struct RestoreReport {
+    /// The snapshot restored.
+    pub snapshot: String,
+    /// Files, directories and links written (or, in a dry run, selected).
+    pub entries: u64,
+    /// Bytes of file content written (or selected).
+    pub bytes: u64,
+    /// Compressed bytes downloaded.
+    pub downloaded: u64,
+    /// Entries not restored, with the reason.
+    pub skipped: Vec<(String, String)>,
+    /// Wall-clock duration.
+    pub seconds: f64,
+}
+
+/// Why reading a snapshot failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The folder holds no complete snapshot that matches.
+    #[error("no snapshot matches {selector} in {target}; `synback list` shows the snapshots there")]
+    NoSnapshot {
+        /// What was asked for.
+        selector: String,
+        /// Where we looked.
+        target: String,
+    },
+    /// The target failed.
+    #[error("storage: {0}")]
+    Target(#[from] target::Error),
+    /// The manifest could not be read.
+    #[error("the manifest of {snapshot} is unreadable: {source}")]
+    Manifest {
+        /// The snapshot.
+        snapshot: String,
+        /// The cause.
+        #[source]
+        source: archive::Error,
+    },
+    /// A volume's bytes are not what the manifest recorded.
+    #[error(
+        "volume {name} is corrupt: {what}; nothing was extracted from it. Run `synback verify --deep` and restore an older snapshot if it fails"
+    )]
+    Corrupt {
+        /// The volume.
+        name: String,
+        /// What differs.
+        what: String,
+    },
+    /// The manifest lists a volume that is not in the folder.
+    #[error("volume {name} of {snapshot} is missing from the NAS")]
+    MissingVolume {
+        /// The volume.
+        name: String,
+        /// The snapshot.
+        snapshot: String,
+    },
+    /// Decrypting, decompressing or extracting failed.
+    #[error(transparent)]
+    Archive(#[from] archive::Error),
+    /// Local files (spool, `--from-file`) could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The local path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The run was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+    /// A worker task ended abnormally.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Lists the job folder and picks the snapshot `selector` names.
+///
+/// # Errors
+/// [`Error::NoSnapshot`] when nothing matches; target errors.
+pub async fn resolve(
+    target: &dyn Target,
+    job: &JobName,
+    selector: &Selector,
+) -> Result<SnapshotFiles, Error> {
+    let listing = Listing::classify(job, target.list().await?);
+    let found = match selector {
+        Selector::Latest => listing.latest(),
+        Selector::Id(id) => SnapshotId::parse(id).ok().and_then(|id| listing.find(&id)),
+        Selector::Before(t) => listing.latest_before(*t),
+    };
+    found.cloned().ok_or_else(|| Error::NoSnapshot {
+        selector: selector.to_string(),
+        target: target.to_string(),
+    })
+}
+
+/// Downloads and parses the manifest of `snapshot`.
+///
+/// # Errors
+/// [`Error::Manifest`] when it is not a manifest we can read.
+pub async fn manifest(target: &dyn Target, snapshot: &SnapshotFiles) -> Result<Manifest, Error> {
+    let data = target
+        .get_bytes(&snapshot.id.manifest_name(), MANIFEST_LIMIT)
+        .await?;
+    Manifest::from_json(&data).map_err(|source| Error::Manifest {
+        snapshot: snapshot.id.to_string(),
+        source,
+    })
+}
+
+/// Restores `snapshot` into `opts.target_dir`.
+///
+/// # Errors
+/// See [`Error`]. Files are written under temporary names and renamed when
+/// complete, so an error never leaves a half-written file under a real name.
+///
+/// # Cancel safety
+/// Cancel through `cancel`; dropping the future leaves the blocking
+/// extractor to finish its current file.
+#[instrument(skip_all, fields(snapshot = %snapshot.id))]
+pub async fn restore(
+    target: Arc<dyn Target>,
+    snapshot: &SnapshotFiles,
+    opts: &RestoreOptions,
+    events: Events,
+    cancel: CancellationToken,
+) -> Result<RestoreReport, Error> {
+    let started = Instant::now();
+    events.event(Event::Phase(Phase::Restoring));
+    let manifest = manifest(target.as_ref(), snapshot).await?;
+    check_volumes_present(snapshot, &manifest)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let feeder = feed_verified(
+        Arc::clone(&target),
+        manifest.volumes.clone(),
+        opts,
+        tx,
+        &cancel,
+    );
+    let extractor = extract_blocking(ChainReader::new(rx), opts, &cancel);
+    let (fed, extracted) = tokio::join!(feeder, extractor);
+    let downloaded = fed?;
+    let mut report = extracted?;
+    report.snapshot = snapshot.id.to_string();
+    report.downloaded = downloaded;
+    report.seconds = started.elapsed().as_secs_f64();
+    events.event(Event::Phase(Phase::Done));
+    info!(
+        entries = report.entries,
+        bytes = report.bytes,
+        "restore finished"
+    );
+    Ok(report)
+}
+
+/// Restores volumes copied off the NAS by hand (in order). When a manifest
+/// is given, each volume is checked against it first.
+///
+/// # Errors
+/// See [`Error`].
+pub async fn restore_from_files(
+    files: &[PathBuf],
+    manifest: Option<&Manifest>,
+    opts: &RestoreOptions,
+    cancel: CancellationToken,
+) -> Result<RestoreReport, Error> {
+    let started = Instant::now();
+    if let Some(manifest) = manifest {
+        for (path, volume) in files.iter().zip(&manifest.volumes) {
+            let digest = sha256_file(path.clone()).await?;
+            check_digest(&volume.name, volume, digest)?;
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(files.len().max(1));
+    for path in files {
+        let _ = tx.send(Ok(Volume::Local(path.clone())));
+    }
+    drop(tx);
+    let mut report = extract_blocking(ChainReader::new(rx), opts, &cancel).await?;
+    report.snapshot = manifest.map(|m| m.snapshot.clone()).unwrap_or_default();
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// What a deep verification found.
+#[derive(Debug, Clone, serde::Serialize)]
+#[non_exhaustive]
+pub struct DeepCheck {
+    /// Archive entries read.
+    pub entries: u64,
+    /// Bytes of file content in them.
+    pub bytes: u64,
+    /// Compressed bytes downloaded.
+    pub downloaded: u64,
+}
+
+/// Downloads every volume of `snapshot`, checks sizes and SHA-256 against
+/// the manifest, and reads the whole archive (decompression and tar walk,
+/// `each` called per entry) without writing any file.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming the first volume whose bytes differ;
+/// [`Error::Archive`] when the archive does not decode.
+pub async fn read_all(
+    target: Arc<dyn Target>,
+    snapshot: &SnapshotFiles,
+    keys: &[DecryptKey],
+    include: Vec<String>,
+    cancel: CancellationToken,
+    mut each: impl FnMut(&EntryInfo) + Send + 'static,
+) -> Result<DeepCheck, Error> {
+    let manifest = manifest(target.as_ref(), snapshot).await?;
+    check_volumes_present(snapshot, &manifest)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(4);
+    let volumes = manifest.volumes.clone();
+    let pump_target = Arc::clone(&target);
+    let pump = async move {
+        let mut total = 0u64;
+        for volume in &volumes {
+            let mut stream = pump_target.get(&volume.name).await?;
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| Error::Corrupt {
+                    name: volume.name.clone(),
+                    what: format!("download failed: {e}"),
+                })?;
+                hasher.update(&chunk);
+                size += chunk.len() as u64;
+                if tx.send(Ok(chunk)).await.is_err() {
+                    break;
+                }
+            }
+            total += size;
+            let digest = hex::encode(hasher.finalize());
+            if let Err(err) = check_digest(&volume.name, volume, (digest, size)) {
+                let _ = tx
+                    .send(Err(io::Error::other(format!(
+                        "volume {} is corrupt",
+                        volume.name
+                    ))))
+                    .await;
+                return Err(err);
+            }
+        }
+        Ok::<u64, Error>(total)
+    };
+    let keys = keys.to_vec();
+    let reader =
+        tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(tokio_stream_from(rx)));
+    let cancel2 = cancel.clone();
+    let lister = tokio::task::spawn_blocking(move || {
+        let opts = archive::ListOptions { include, keys };
+        archive::list(reader, &opts, &cancel2, &mut each)
+    });
+    let (pumped, listed) = tokio::join!(pump, lister);
+    let downloaded = pumped?;
+    let summary = listed.map_err(|e| Error::Internal(e.to_string()))??;
+    Ok(DeepCheck {
+        entries: summary.entries,
+        bytes: summary.bytes,
+        downloaded,
+    })
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>,
+) -> impl futures_util::Stream<Item = io::Result<bytes::Bytes>> + Send + Unpin + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Checks that every volume of the manifest is listed with its recorded size.
+///
+/// # Errors
+/// [`Error::MissingVolume`] or [`Error::Corrupt`].
+pub fn check_volumes_present(snapshot: &SnapshotFiles, manifest: &Manifest) -> Result<(), Error> {
+    for volume in &manifest.volumes {
+        let present = snapshot
+            .archives
+            .iter()
+            .find(|a| a.entry.name == volume.name);
+        match present {
+            None => {
+                return Err(Error::MissingVolume {
+                    name: volume.name.clone(),
+                    snapshot: snapshot.id.to_string(),
+                });
+            }
+            Some(file) if file.entry.size != volume.size => {
+                return Err(Error::Corrupt {
+                    name: volume.name.clone(),
+                    what: format!(
+                        "the NAS lists {} bytes, the manifest recorded {}",
+                        file.entry.size, volume.size
+                    ),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_digest(
+    name: &str,
+    volume: &ManifestVolume,
+    (sha256, size): (String, u64),
+) -> Result<(), Error> {
+    if size != volume.size {
+        return Err(Error::Corrupt {
+            name: name.to_owned(),
+            what: format!("{size} bytes, the manifest recorded {}", volume.size),
+        });
+    }
+    if !sha256.eq_ignore_ascii_case(&volume.sha256) {
+        return Err(Error::Corrupt {
+            name: name.to_owned(),
+            what: format!("SHA-256 {sha256}, the manifest recorded {}", volume.sha256),
+        });
+    }
+    Ok(())
+}
+
+/// A volume ready for the extractor.
+enum Volume {
+    /// Downloaded and verified; deleted when dropped.
+    Spooled(tempfile::TempPath),
+    /// A local file given by the user.
+    Local(PathBuf),
+}
+
+impl Volume {
+    fn path(&self) -> &Path {
+        match self {
+            Volume::Spooled(p) => p,
+            Volume::Local(p) => p,
+        }
+    }
+}
+
+/// Downloads each volume to a temp file, verifies it, and hands it over.
+/// Returns the number of bytes downloaded.
+async fn feed_verified(
+    target: Arc<dyn Target>,
+    volumes: Vec<ManifestVolume>,
+    opts: &RestoreOptions,
+    tx: std::sync::mpsc::SyncSender<Result<Volume, String>>,
+    cancel: &CancellationToken,
+) -> Result<u64, Error> {
+    let dir = opts.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let mut total = 0;
+    for volume in &volumes {
+        if cancel.is_cancelled() {
+            let _ = tx.send(Err("cancelled".into()));
+            return Err(Error::Cancelled);
+        }
+        let fetched = download_verified(target.as_ref(), volume, &dir).await;
+        let path = match fetched {
+            Ok(path) => path,
+            Err(err) => {
+                let _ = tx.send(Err(err.to_string()));
+                return Err(err);
+            }
+        };
+        total += volume.size;
+        let handed = tokio::task::block_in_place(|| tx.send(Ok(Volume::Spooled(path))));
+        if handed.is_err() {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+async fn download_verified(
+    target: &dyn Target,
+    volume: &ManifestVolume,
+    dir: &Path,
+) -> Result<tempfile::TempPath, Error> {
+    let io_err = |source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let (file, path) = tempfile::Builder::new()
+        .prefix("synback-restore-")
+        .tempfile_in(dir)
+        .map_err(io_err)?
+        .into_parts();
+    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
+    let mut stream = target.get(&volume.name).await?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Error::Corrupt {
+            name: volume.name.clone(),
+            what: format!("download failed: {e}"),
+        })?;
+        hasher.update(&chunk);
+        size += chunk.len() as u64;
+        out.write_all(&chunk).await.map_err(io_err)?;
+    }
+    out.flush().await.map_err(io_err)?;
+    check_digest(&volume.name, volume, (hex::encode(hasher.finalize()), size))?;
+    Ok(path)
+}
+
+/// Reads volumes one after the other as they arrive from the feeder.
+struct ChainReader {
+    rx: std::sync::mpsc::Receiver<Result<Volume, String>>,
+    current: Option<(File, Volume)>,
+}
+
+impl ChainReader {
+    fn new(rx: std::sync::mpsc::Receiver<Result<Volume, String>>) -> Self {
+        Self { rx, current: None }
+    }
+}
+
+impl Read for ChainReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some((file, _)) = &mut self.current {
+                let n = file.read(buf)?;
+                if n > 0 || buf.is_empty() {
+                    return Ok(n);
+                }
+                self.current = None;
+            }
+            match self.rx.recv() {
+                Ok(Ok(volume)) => {
+                    let file = File::open(volume.path())?;
+                    self.current = Some((file, volume));
+                }
+                Ok(Err(reason)) => return Err(io::Error::other(reason)),
+                Err(_) => return Ok(0),
+            }
+        }
+    }
+}
+
+async fn extract_blocking(
+    reader: ChainReader,
+    opts: &RestoreOptions,
+    cancel: &CancellationToken,
+) -> Result<RestoreReport, Error> {
+    let opts = opts.clone();
+    let cancel = cancel.clone();
+    tokio::task::spawn_blocking(move || extract(reader, &opts, &cancel))
+        .await
+        .map_err(|e| Error::Internal(format!("the extractor thread ended: {e}")))?
+}
+
+fn extract(
+    reader: ChainReader,
+    opts: &RestoreOptions,
+    cancel: &CancellationToken,
+) -> Result<RestoreReport, Error> {
+    let started = Instant::now();
+    let mut report = RestoreReport {
+        snapshot: String::new(),
+        entries: 0,
+        bytes: 0,
+        downloaded: 0,
+        skipped: Vec::new(),
+        seconds: 0.0,
+    };
+    if opts.dry_run {
+        let list = archive::ListOptions {
+            include: opts.include.clone(),
+            keys: opts.keys.clone(),
+        };
+        let summary = archive::list(reader, &list, cancel, &mut |_| {})?;
+        report.entries = summary.entries;
+        report.bytes = summary.bytes;
+    } else {
+        let unpack = archive::UnpackOptions {
+            target: opts.target_dir.clone(),
+            include: opts.include.clone(),
+            overwrite: opts.overwrite,
+            keys: opts.keys.clone(),
+            ..Default::default()
+        };
+        let summary = archive::unpack(reader, &unpack, cancel)?;
+        report.entries = summary.files + summary.dirs + summary.symlinks + summary.hardlinks;
+        report.bytes = summary.bytes;
+        report.skipped = summary
+            .skipped
+            .iter()
+            .map(|s| (s.path.display().to_string(), s.reason.clone()))
+            .collect();
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+async fn sha256_file(path: PathBuf) -> Result<(String, u64), Error> {
+    let p = path.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut file = File::open(&p)?;
+        let mut reader = archive::HashingReader::new(&mut file);
+        io::copy(&mut reader, &mut io::sink())?;
+        let size = reader.len();
+        let (sha256, _) = reader.finish();
+        Ok::<_, io::Error>((sha256, size))
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))?
+    .map_err(|source| Error::Io { path, source })
+}

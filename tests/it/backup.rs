@@ -1,0 +1,324 @@
+//! Backup runs end to end against the emulator: the happy path, the remote
+//! layout, retention, locking, and the faults a real NAS produces.
+
+use std::time::Duration;
+
+use synback::agent::VerifyMode;
+use synback::restore::{RestoreOptions, Selector};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{World, skip_tmp, tree_diff};
+
+fn cancel() -> CancellationToken {
+    CancellationToken::new()
+}
+
+const SMALL_VOLUMES: &str = r#"excludes = ["*.tmp"]
+volume_size = "1MiB""#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_then_restore_is_byte_identical() {
+    let world = World::new(SMALL_VOLUMES).await;
+    let agent = world.agent();
+    let report = agent.backup("home", cancel()).await.unwrap();
+    assert!(report.volumes.len() >= 2, "expected several 1 MiB volumes");
+    assert!(report.volumes.iter().all(|v| v.info.size <= 1024 * 1024));
+    assert_eq!(report.status, synback::backup::RunStatus::Ok);
+
+    let names = world.remote_names();
+    assert!(
+        names.contains(&format!("{}.manifest.json", report.snapshot)),
+        "{names:?}"
+    );
+    assert!(!names.iter().any(|n| n.ends_with(".partial")), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n == ".lock"),
+        "lock left behind: {names:?}"
+    );
+
+    let target = world.restore_dir("restore");
+    let mut opts = RestoreOptions::default();
+    opts.target_dir = target.clone();
+    let restored = agent
+        .restore("home", &Selector::Latest, opts, None, cancel())
+        .await
+        .unwrap();
+    assert!(restored.entries > 5);
+    let diffs = tree_diff(&world.source, &target.join("data"), &skip_tmp);
+    assert!(diffs.is_empty(), "{diffs:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_mode_stores_a_verified_snapshot() {
+    let world = World::new("upload_mode = \"stream\"\nvolume_size = \"2MiB\"").await;
+    let agent = world.agent();
+    let report = agent.backup("home", cancel()).await.unwrap();
+    let check = agent
+        .verify(
+            "home",
+            &Selector::Id(report.snapshot.clone()),
+            VerifyMode::Deep,
+            cancel(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(check.volumes, report.volumes.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_verify_and_forget_follow_the_policy() {
+    let world = World::new("[job.retention]\nkeep_last = 2").await;
+    let agent = world.agent();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(agent.backup("home", cancel()).await.unwrap().snapshot);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let listing = agent.snapshots("home").await.unwrap();
+    let listed: Vec<String> = listing.snapshots.iter().map(|s| s.id.to_string()).collect();
+    assert_eq!(listed, ids[1..].to_vec(), "keep_last = 2 after three runs");
+    for id in &listed {
+        agent
+            .verify(
+                "home",
+                &Selector::Id(id.clone()),
+                VerifyMode::Quick,
+                cancel(),
+            )
+            .await
+            .unwrap();
+    }
+    let plan = agent.forget("home", true).await.unwrap();
+    assert!(plan.decisions.iter().all(|d| d.keep));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_keep_requests_under_a_front_end_limit() {
+    let world = World::new("volume_size = \"512KiB\"").await;
+    world.nas.faults().update(|f| {
+        f.max_request_bytes = Some(1024 * 1024);
+        f.oversize_status = 504;
+    });
+    let report = world.agent().backup("home", cancel()).await.unwrap();
+    assert!(report.volumes.len() > 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_front_end_limit_fails_clearly_and_leaves_nothing() {
+    let world = World::new("volume_size = \"64MiB\"").await;
+    world
+        .nas
+        .faults()
+        .update(|f| f.max_request_bytes = Some(256 * 1024));
+    let err = world.agent().backup("home", cancel()).await.unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("413") || text.to_lowercase().contains("too large"),
+        "{text}"
+    );
+    assert!(
+        world.remote_names().iter().all(|n| !n.contains(".tar.zst")),
+        "{:?}",
+        world.remote_names()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_faults_are_survived() {
+    let world = World::new(SMALL_VOLUMES).await;
+    world.nas.faults().update(|f| {
+        f.http_502_every = Some(7);
+        f.busy_every = Some(5);
+        f.drop_upload_after = Some(200 * 1024);
+        f.drop_upload_times = Some(2);
+        f.expire_session_after = Some(9);
+        f.wake_delay = Some(Duration::from_secs(2));
+    });
+    let report = world.agent().backup("home", cancel()).await.unwrap();
+    world.nas.faults().clear();
+    world
+        .agent()
+        .verify(
+            "home",
+            &Selector::Id(report.snapshot),
+            VerifyMode::Deep,
+            cancel(),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_upload_is_sent_again() {
+    let world = World::new(SMALL_VOLUMES).await;
+    world.nas.faults().update(|f| f.corrupt_uploads = 1);
+    let report = world.agent().backup("home", cancel()).await.unwrap();
+    assert!(
+        report.volumes.iter().any(|v| v.attempts == 2) || report.bytes_sent > report.bytes_stored
+    );
+    world.nas.faults().clear();
+    world
+        .agent()
+        .verify("home", &Selector::Latest, VerifyMode::Quick, cancel())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_corruption_fails_and_records_no_snapshot() {
+    let world = World::new(SMALL_VOLUMES).await;
+    let agent = world.agent();
+    let good = agent.backup("home", cancel()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    world.nas.faults().update(|f| f.corrupt_uploads = 1000);
+    let err = agent.backup("home", cancel()).await.unwrap_err();
+    assert_eq!(err.exit_code(), 4, "{err}");
+    world.nas.faults().clear();
+    let listing = agent.snapshots("home").await.unwrap();
+    let ids: Vec<String> = listing.snapshots.iter().map(|s| s.id.to_string()).collect();
+    assert_eq!(ids, vec![good.snapshot.clone()]);
+    assert!(listing.partials.is_empty(), "{:?}", world.remote_names());
+    assert!(listing.orphans.is_empty(), "{:?}", world.remote_names());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_nas_fails_clearly_and_keeps_earlier_snapshots() {
+    for code in [416, 415] {
+        let world = World::new(SMALL_VOLUMES).await;
+        let agent = world.agent();
+        let good = agent.backup("home", cancel()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let used: u64 = good.volumes.iter().map(|v| v.info.size).sum();
+        world.nas.faults().update(|f| {
+            f.quota_bytes = Some(used + 1024 * 1024);
+            f.quota_code = code;
+        });
+        let err = agent.backup("home", cancel()).await.unwrap_err();
+        let text = format!("{err}");
+        assert!(
+            text.contains("space") || text.contains("quota"),
+            "code {code}: {text}"
+        );
+        world.nas.faults().clear();
+        let listing = agent.snapshots("home").await.unwrap();
+        assert_eq!(listing.snapshots.len(), 1);
+        assert!(listing.partials.is_empty() && listing.orphans.is_empty());
+        agent
+            .verify(
+                "home",
+                &Selector::Id(good.snapshot),
+                VerifyMode::Quick,
+                cancel(),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_writer_is_refused_with_who_holds_the_lock() {
+    let world = World::new("").await;
+    std::fs::create_dir_all(world.job_dir()).unwrap();
+    let lock = serde_json::json!({
+        "host": "other-host",
+        "pid": 4242,
+        "started": chrono::Utc::now().to_rfc3339(),
+    });
+    std::fs::write(world.job_dir().join(".lock"), lock.to_string()).unwrap();
+    let err = world.agent().backup("home", cancel()).await.unwrap_err();
+    assert_eq!(err.exit_code(), 7, "{err}");
+    assert!(err.to_string().contains("other-host"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_snapshots_are_all_listed_and_rotated() {
+    let world = World::new("[job.retention]\nkeep_last = 3").await;
+    let agent = world.agent();
+    let first = agent.backup("home", cancel()).await.unwrap();
+    let dir = world.job_dir();
+    let manifest = std::fs::read(dir.join(format!("{}.manifest.json", first.snapshot))).unwrap();
+    let volume = &first.volumes[0].name;
+    let data = std::fs::read(dir.join(volume)).unwrap();
+    let base = chrono::DateTime::parse_from_rfc3339("2025-01-01T00:00:00Z").unwrap();
+    for i in 0..200 {
+        let t = base + chrono::TimeDelta::hours(i);
+        let id = format!("home-{}", t.format("%Y%m%dT%H%M%SZ"));
+        std::fs::write(dir.join(format!("{id}.manifest.json")), &manifest).unwrap();
+        let vol = volume.replacen(&first.snapshot, &id, 1);
+        std::fs::write(dir.join(vol), &data).unwrap();
+    }
+    let listing = agent.snapshots("home").await.unwrap();
+    assert_eq!(listing.snapshots.len(), 201);
+    let plan = agent.forget("home", true).await.unwrap();
+    assert_eq!(plan.decisions.iter().filter(|d| d.keep).count(), 3);
+    let done = agent.forget("home", false).await.unwrap();
+    assert_eq!(done.forgotten.len(), 198);
+    let listing = agent.snapshots("home").await.unwrap();
+    assert_eq!(listing.snapshots.len(), 3);
+    assert!(
+        listing
+            .snapshots
+            .iter()
+            .any(|s| s.id.to_string() == first.snapshot)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_removes_partials_and_the_lock() {
+    let world = World::new("volume_size = \"256KiB\"").await;
+    world
+        .nas
+        .faults()
+        .update(|f| f.slow_kib_per_sec = Some(512));
+    let agent = world.agent();
+    let token = CancellationToken::new();
+    let stopper = token.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        stopper.cancel();
+    });
+    let err = agent.backup("home", token).await.unwrap_err();
+    assert!(err.to_string().contains("cancelled"), "{err}");
+    world.nas.faults().clear();
+    let names = world.remote_names();
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.ends_with(".partial") && n != ".lock"),
+        "{names:?}"
+    );
+    let listing = agent.snapshots("home").await.unwrap();
+    assert!(
+        listing.snapshots.is_empty() && listing.orphans.is_empty(),
+        "{names:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_files_in_the_job_folder_are_never_touched() {
+    let world = World::new("[job.retention]\nkeep_last = 1").await;
+    std::fs::create_dir_all(world.job_dir()).unwrap();
+    for name in [
+        "notes.txt",
+        "home-20200101T000000Z.tar.zst.bak",
+        "other-20200101T000000Z.manifest.json",
+    ] {
+        std::fs::write(world.job_dir().join(name), "not ours").unwrap();
+    }
+    let agent = world.agent();
+    for _ in 0..2 {
+        agent.backup("home", cancel()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let names = world.remote_names();
+    for name in [
+        "notes.txt",
+        "home-20200101T000000Z.tar.zst.bak",
+        "other-20200101T000000Z.manifest.json",
+    ] {
+        assert!(
+            names.contains(&name.to_owned()),
+            "{name} was removed: {names:?}"
+        );
+    }
+}

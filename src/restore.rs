@@ -166,7 +166,7 @@ pub async fn resolve(
     job: &JobName,
     selector: &Selector,
 ) -> Result<SnapshotFiles, Error> {
-    let listing = Listing::classify(job, target.list().await?);
+    let listing = Listing::classify(job, target.list_or_empty().await?);
     let found = match selector {
         Selector::Latest => listing.latest(),
         Selector::Id(id) => SnapshotId::parse(id).ok().and_then(|id| listing.find(&id)),

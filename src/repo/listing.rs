@@ -233,9 +233,9 @@ impl Listing {
         self.snapshots.iter().find(|s| &s.id == id)
     }
 
-    /// The newest complete snapshot started at or before `time`.
+    /// The newest complete snapshot started strictly before `time`.
     pub fn latest_before(&self, time: DateTime<Utc>) -> Option<&SnapshotFiles> {
-        self.snapshots.iter().rev().find(|s| s.id.time() <= time)
+        self.snapshots.iter().rev().find(|s| s.id.time() < time)
     }
 
     /// The complete snapshots as retention candidates.

@@ -223,7 +223,16 @@ impl Lock {
         let body = encode(&info)?;
         for _ in 0..ATTEMPTS {
             match target.create_bytes(LOCK_NAME, body.clone()).await {
-                Ok(()) => return confirm(target, info).await,
+                Ok(()) => match confirm(target, info.clone()).await {
+                    // The bytes we just wrote came back damaged (a storage
+                    // fault): the file is ours, so remove it and write again.
+                    Err(Error::Unreadable { .. }) => {
+                        tracing::warn!(target = %target, "the lock we wrote reads back damaged; writing it again");
+                        target.delete_if_exists(LOCK_NAME).await?;
+                        continue;
+                    }
+                    other => return other,
+                },
                 Err(target::Error::AlreadyExists { .. }) => {}
                 Err(err) => return Err(err.into()),
             }

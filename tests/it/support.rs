@@ -130,7 +130,7 @@ pub fn sample_tree(dir: &Path) {
     std::fs::write(dir.join("docs/a.txt"), "alpha\n").unwrap();
     std::fs::write(dir.join("docs/deep/er/b.txt"), "beta\n".repeat(1000)).unwrap();
     let noise: Vec<u8> = (0..3 * 1024 * 1024u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .map(|_| rand::random::<u8>())
         .collect();
     std::fs::write(dir.join("noise.bin"), noise).unwrap();
     let log: String = (0..20_000)
@@ -200,4 +200,29 @@ fn walk_diff(a: &Path, b: &Path, skip: &dyn Fn(&Path) -> bool, diffs: &mut Vec<S
 /// Skips `*.tmp` (the tests' usual exclude).
 pub fn skip_tmp(p: &Path) -> bool {
     p.extension().is_some_and(|e| e == "tmp")
+}
+
+/// An error and all its causes, one per line.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str("\n  caused by: ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Bytes stored under a folder, recursively.
+pub fn disk_usage(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let meta = entry.metadata().unwrap();
+        total += match meta.is_dir() {
+            true => disk_usage(&entry.path()),
+            false => meta.len(),
+        };
+    }
+    total
 }

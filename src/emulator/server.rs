@@ -470,7 +470,7 @@ async fn run_api(shared: &Shared, api: &str, method: &str, params: &Params) -> A
         }
         ("SYNO.FileStation.MD5", "start") => {
             let path = params
-                .string("file_path")
+                .single("file_path")
                 .ok_or_else(|| Fail::new(code::MISSING_PARAMS))?;
             let targets = files::existing(&ctx, &[path])?;
             let file = targets

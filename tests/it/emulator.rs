@@ -199,6 +199,13 @@ fn md5_hex(data: &[u8]) -> String {
     hex::encode(Md5::digest(data))
 }
 
+#[test]
+fn emulator_can_be_shared_between_tasks() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Emulator>();
+    assert_send_sync::<synback::emulator::FaultHandle>();
+}
+
 // ---------------------------------------------------------------- API.Info
 
 #[tokio::test]

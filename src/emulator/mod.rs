@@ -180,8 +180,11 @@ impl Emulator {
                 cfg.user,
                 cfg.password,
                 totp,
-                cfg.max_login_failures,
-                cfg.login_block,
+                &auth::AuthLimits {
+                    max_failures: cfg.max_login_failures,
+                    block_for: cfg.login_block,
+                    idle_timeout: cfg.session_idle_timeout,
+                },
             ),
             tasks: tasks::Tasks::default(),
             faults: FaultHandle::new(cfg.faults),

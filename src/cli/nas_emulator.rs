@@ -41,6 +41,9 @@ pub struct NasEmulatorArgs {
     /// Append every request (JSON lines, secrets masked) to this file.
     #[arg(long)]
     request_log: Option<PathBuf>,
+    /// Sessions unused this many seconds expire (106).
+    #[arg(long, value_name = "SECS")]
+    session_idle_timeout: Option<u64>,
     /// List page size when a client sends no `limit`.
     #[arg(long, default_value_t = synback::emulator::DEFAULT_LIST_PAGE)]
     list_page_size: u32,
@@ -140,6 +143,7 @@ pub async fn run(args: NasEmulatorArgs) -> ExitCode {
     cfg.tls = args.tls;
     cfg.request_log = args.request_log.clone();
     cfg.list_default_limit = args.list_page_size;
+    cfg.session_idle_timeout = args.session_idle_timeout.map(Duration::from_secs);
     cfg.faults = args.faults.to_faults();
     let emulator = match Emulator::start(cfg, args.listen).await {
         Ok(emulator) => emulator,

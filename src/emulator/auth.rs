@@ -51,6 +51,7 @@ struct Session {
     token: Option<String>,
     calls: u32,
     expired: bool,
+    last_used: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -67,9 +68,21 @@ pub(crate) struct Auth {
     totp: Option<Totp>,
     max_failures: u32,
     block_for: Duration,
+    idle_timeout: Option<Duration>,
     sessions: Mutex<HashMap<String, Session>>,
     devices: Mutex<HashMap<String, String>>,
     failures: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+/// Login and session limits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AuthLimits {
+    /// Consecutive failures before an IP is blocked (0: never).
+    pub max_failures: u32,
+    /// How long a blocked IP stays blocked.
+    pub block_for: Duration,
+    /// A session unused this long has expired (106).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// What a login request asked for.
@@ -107,19 +120,14 @@ pub(crate) struct LoginOk {
 
 impl Auth {
     /// The account `user`/`password`, with OTP when `totp` is set.
-    pub fn new(
-        user: String,
-        password: Secret,
-        totp: Option<Totp>,
-        max_failures: u32,
-        block_for: Duration,
-    ) -> Self {
+    pub fn new(user: String, password: Secret, totp: Option<Totp>, limits: &AuthLimits) -> Self {
         Self {
             user,
             password,
             totp,
-            max_failures,
-            block_for,
+            max_failures: limits.max_failures,
+            block_for: limits.block_for,
+            idle_timeout: limits.idle_timeout,
             sessions: Mutex::default(),
             devices: Mutex::default(),
             failures: Mutex::default(),
@@ -173,6 +181,7 @@ impl Auth {
                 token: token.clone(),
                 calls: 0,
                 expired: false,
+                last_used: Instant::now(),
             },
         );
         let mut data = json!({
@@ -217,9 +226,16 @@ impl Auth {
         let Some(session) = sessions.get_mut(sid) else {
             return Err(Fail::new(code::INVALID_SESSION));
         };
+        if self
+            .idle_timeout
+            .is_some_and(|idle| session.last_used.elapsed() > idle)
+        {
+            session.expired = true;
+        }
         if session.expired {
             return Err(Fail::new(code::SESSION_TIMEOUT));
         }
+        session.last_used = Instant::now();
         match (&session.token, &creds.token) {
             (Some(expected), Some(given)) if expected != given => {
                 return Err(Fail::new(code::INVALID_SESSION));
@@ -289,13 +305,12 @@ mod tests {
 
     fn auth(otp: bool) -> Auth {
         let totp = otp.then(|| Totp::from_base32(&Secret::new("JBSWY3DPEHPK3PXP")).unwrap());
-        Auth::new(
-            "alice".into(),
-            Secret::new("pw"),
-            totp,
-            3,
-            Duration::from_secs(60),
-        )
+        let limits = AuthLimits {
+            max_failures: 3,
+            block_for: Duration::from_secs(60),
+            idle_timeout: Some(Duration::from_millis(200)),
+        };
+        Auth::new("alice".into(), Secret::new("pw"), totp, &limits)
     }
 
     fn params(text: &str) -> Params {
@@ -347,6 +362,20 @@ mod tests {
         assert!(a.check(&by_param, Some(2)).is_ok());
         assert_eq!(a.check(&by_param, Some(2)).unwrap_err().code, 106);
         assert_eq!(a.check(&by_param, None).unwrap_err().code, 106);
+    }
+
+    #[test]
+    fn idle_sessions_expire() {
+        let a = auth(false);
+        let ok = a.login(&params("account=alice&passwd=pw"), IP).unwrap();
+        let sid = ok.data["sid"].as_str().unwrap().to_owned();
+        let creds = Credentials {
+            sid: Some((sid, SidSource::Param)),
+            token: None,
+        };
+        assert!(a.check(&creds, None).is_ok());
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(a.check(&creds, None).unwrap_err().code, 106);
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct EmulatorConfig {
     pub max_login_failures: u32,
     /// How long a blocked IP stays blocked.
     pub login_block: Duration,
+    /// Sessions unused this long expire (106); `None`: never (the default,
+    /// so that slow tests do not trip over it).
+    pub session_idle_timeout: Option<Duration>,
     /// Also append the request log to this file (JSON lines).
     pub request_log: Option<PathBuf>,
     /// Host name reported by `SYNO.FileStation.Info`.
@@ -65,6 +68,7 @@ impl EmulatorConfig {
             list_default_limit: DEFAULT_LIST_PAGE,
             max_login_failures: 5,
             login_block: Duration::from_secs(300),
+            session_idle_timeout: None,
             request_log: None,
             hostname: "synback-emu".to_owned(),
         }
@@ -85,6 +89,7 @@ impl fmt::Debug for EmulatorConfig {
             .field("list_default_limit", &self.list_default_limit)
             .field("max_login_failures", &self.max_login_failures)
             .field("login_block", &self.login_block)
+            .field("session_idle_timeout", &self.session_idle_timeout)
             .field("request_log", &self.request_log)
             .field("hostname", &self.hostname)
             .finish()

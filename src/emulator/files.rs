@@ -229,7 +229,7 @@ struct Listed {
 /// `SYNO.FileStation.List` `list`.
 pub(crate) fn list(ctx: &FsCtx, params: &Params) -> ApiResult {
     let folder = params
-        .string("folder_path")
+        .single("folder_path")
         .ok_or_else(|| Fail::new(code::MISSING_PARAMS))?;
     let dir = ctx.shares.resolve(&folder).map_err(Fail::new)?;
     if !dir.fs.is_dir() {
@@ -438,7 +438,7 @@ fn create_one(ctx: &FsCtx, parent: &str, name: &str, force_parent: bool) -> Resu
 /// missing, 414 when `create_only` and the file exists.
 pub(crate) fn check_permission(ctx: &FsCtx, params: &Params) -> ApiResult {
     let folder = params
-        .string("path")
+        .single("path")
         .ok_or_else(|| Fail::new(code::MISSING_PARAMS))?;
     let dir = ctx.shares.resolve(&folder).map_err(Fail::new)?;
     if !dir.fs.is_dir() {

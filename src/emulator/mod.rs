@@ -11,6 +11,26 @@
 //! `synback nas-emulator` command runs it stand-alone. Quirks that were
 //! chosen on purpose are listed in `docs/DSM_QUIRKS.md`.
 //!
+//! # Example
+//! ```
+//! use std::net::SocketAddr;
+//! use synback::emulator::{Emulator, EmulatorConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let runtime = tokio::runtime::Runtime::new()?;
+//! runtime.block_on(async {
+//!     let dir = tempfile::tempdir()?;
+//!     let mut cfg = EmulatorConfig::new(dir.path(), "alice", "secret");
+//!     cfg.faults.busy_every = Some(3); // every 3rd File Station call: 117
+//!     let nas = Emulator::start(cfg, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+//!     assert!(nas.url().starts_with("http://127.0.0.1:"));
+//!     nas.faults().update(|f| f.busy_every = None);
+//!     assert!(nas.share_path("backup").is_dir());
+//!     Ok::<_, Box<dyn std::error::Error>>(())
+//! })
+//! # }
+//! ```
+//!
 //! Owns: everything under `src/emulator/`. Depends on `secret` and `totp`
 //! only; it must never depend on the DSM client (`dsm`), so that it cannot
 //! drift towards whatever the client happens to send.
@@ -160,8 +180,11 @@ impl Emulator {
                 cfg.user,
                 cfg.password,
                 totp,
-                cfg.max_login_failures,
-                cfg.login_block,
+                &auth::AuthLimits {
+                    max_failures: cfg.max_login_failures,
+                    block_for: cfg.login_block,
+                    idle_timeout: cfg.session_idle_timeout,
+                },
             ),
             tasks: tasks::Tasks::default(),
             faults: FaultHandle::new(cfg.faults),

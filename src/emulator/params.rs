@@ -43,6 +43,18 @@ impl Params {
         self.raw(key).map(decode_string)
     }
 
+    /// A single-value parameter that may also come as a one-element JSON
+    /// array (`["/a"]`); `None` when absent or when the array does not hold
+    /// exactly one value.
+    pub fn single(&self, key: &str) -> Option<String> {
+        let raw = self.raw(key)?;
+        if raw.trim_start().starts_with('[') {
+            let mut items = decode_list(raw);
+            return (items.len() == 1).then(|| items.remove(0));
+        }
+        Some(decode_string(raw))
+    }
+
     /// A list value: a JSON array, a bracketed or bare comma list (with `\,`
     /// and `\\` escapes), or a single JSON string.
     pub fn list(&self, key: &str) -> Option<Vec<String>> {
@@ -179,6 +191,14 @@ mod tests {
         assert_eq!(decode_list(r"/a\,b,/c"), vec!["/a,b", "/c"]);
         assert_eq!(decode_list(r#""/a,b""#), vec!["/a,b"]);
         assert_eq!(decode_list(""), Vec::<String>::new());
+    }
+
+    #[test]
+    fn single_values_may_be_one_element_arrays() {
+        let p = params("a=%5B%22%2Fx%2Cy%22%5D&b=%2Fx%2Cy&c=%5B%22a%22%2C%22b%22%5D");
+        assert_eq!(p.single("a").as_deref(), Some("/x,y"));
+        assert_eq!(p.single("b").as_deref(), Some("/x,y"));
+        assert_eq!(p.single("c"), None);
     }
 
     #[test]

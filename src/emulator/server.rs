@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use super::{
-    Shared,
+    Faults, Shared,
     api_info::{self, ApiDesc},
     auth::{Credentials, SidSource},
     body::{self, BodyStats, Limits, Trip},
@@ -30,7 +30,7 @@ use super::{
     log::{LoggedRequest, masked_params},
     params::Params,
     reply::{ApiResult, Fail, code, envelope, http_error, json_response},
-    tasks::TaskKind,
+    tasks::{Job, TaskKind},
     upload,
 };
 
@@ -111,21 +111,10 @@ async fn serve(
     stats: &Arc<BodyStats>,
     rec: &mut Record,
 ) -> Response {
-    if let Some(delay) = shared.faults.take_wake_delay() {
-        rec.fault = Some("wake_delay");
-        tokio::time::sleep(delay).await;
-    }
-    if shared.faults.next_request_is_502() {
-        rec.fault = Some("http_502");
-        return http_error(StatusCode::BAD_GATEWAY);
-    }
     let faults = shared.faults.get();
     let declared = content_length(req.headers());
-    if let (Some(max), Some(len)) = (faults.max_request_bytes, declared) {
-        if len > max {
-            rec.fault = Some("oversize");
-            return http_error(oversize_status(faults.oversize_status));
-        }
+    if let Some(refused) = front_end_faults(shared, &faults, declared, rec).await {
+        return refused;
     }
     let (parts, body) = req.into_parts();
     let Some(cgi) = parts.uri.path().strip_prefix("/webapi/").map(str::to_owned) else {
@@ -189,6 +178,31 @@ async fn serve(
         }
         None => response,
     }
+}
+
+/// Faults of the NAS's web front-end, before any API code runs: the
+/// wake-up delay, every-Nth 502 and a declared body over the size limit.
+async fn front_end_faults(
+    shared: &Shared,
+    faults: &Faults,
+    declared: Option<u64>,
+    rec: &mut Record,
+) -> Option<Response> {
+    if let Some(delay) = shared.faults.take_wake_delay() {
+        rec.fault = Some("wake_delay");
+        tokio::time::sleep(delay).await;
+    }
+    if shared.faults.next_request_is_502() {
+        rec.fault = Some("http_502");
+        return Some(http_error(StatusCode::BAD_GATEWAY));
+    }
+    if let (Some(max), Some(len)) = (faults.max_request_bytes, declared) {
+        if len > max {
+            rec.fault = Some("oversize");
+            return Some(http_error(oversize_status(faults.oversize_status)));
+        }
+    }
+    None
 }
 
 fn oversize_status(status: u16) -> StatusCode {
@@ -459,48 +473,41 @@ async fn run_api(shared: &Shared, api: &str, method: &str, params: &Params) -> A
             })
             .await
         }
-        ("SYNO.FileStation.Delete", "start") => {
-            let (targets, recursive) = files::delete_targets(&ctx, &params)?;
-            let id = shared.tasks.start(
-                TaskKind::Delete,
-                min,
-                Box::new(move |cancel| files::delete(&targets, recursive, cancel)),
-            );
-            Ok(Some(json!({ "taskid": id })))
-        }
-        ("SYNO.FileStation.MD5", "start") => {
-            let path = params
-                .string("file_path")
-                .ok_or_else(|| Fail::new(code::MISSING_PARAMS))?;
-            let targets = files::existing(&ctx, &[path])?;
-            let file = targets
-                .into_iter()
-                .next()
-                .map(|t| t.fs)
-                .ok_or_else(|| Fail::new(code::NOT_FOUND))?;
-            if !file.is_file() {
-                return Err(Fail::new(code::NOT_FOUND));
-            }
-            let id = shared.tasks.start(
-                TaskKind::Md5,
-                min,
-                Box::new(move |cancel| files::md5_file(&file, cancel)),
-            );
-            Ok(Some(json!({ "taskid": id })))
-        }
-        ("SYNO.FileStation.DirSize", "start") => {
-            let paths = params
-                .list("path")
-                .ok_or_else(|| Fail::new(code::MISSING_PARAMS))?;
-            let targets = files::existing(&ctx, &paths)?;
-            let id = shared.tasks.start(
-                TaskKind::DirSize,
-                min,
-                Box::new(move |cancel| files::dir_size(&targets, cancel)),
-            );
+        (api, "start") => {
+            let (kind, job) = task_job(&ctx, api, &params)?;
+            let id = shared.tasks.start(kind, min, job);
             Ok(Some(json!({ "taskid": id })))
         }
         (api, method) => task_call(shared, api, method, &params),
+    }
+}
+
+/// Checks the paths of a task `start` and prepares its work.
+fn task_job(ctx: &files::FsCtx, api: &str, params: &Params) -> Result<(TaskKind, Job), Fail> {
+    let missing = || Fail::new(code::MISSING_PARAMS);
+    match api {
+        "SYNO.FileStation.Delete" => {
+            let (targets, recursive) = files::delete_targets(ctx, params)?;
+            let job: Job = Box::new(move |cancel| files::delete(&targets, recursive, cancel));
+            Ok((TaskKind::Delete, job))
+        }
+        "SYNO.FileStation.MD5" => {
+            let path = params.single("file_path").ok_or_else(missing)?;
+            let file = files::existing(ctx, &[path])?
+                .into_iter()
+                .next()
+                .map(|t| t.fs)
+                .filter(|f| f.is_file())
+                .ok_or_else(|| Fail::new(code::NOT_FOUND))?;
+            let job: Job = Box::new(move |cancel| files::md5_file(&file, cancel));
+            Ok((TaskKind::Md5, job))
+        }
+        "SYNO.FileStation.DirSize" => {
+            let targets = files::existing(ctx, &params.list("path").ok_or_else(missing)?)?;
+            let job: Job = Box::new(move |cancel| files::dir_size(&targets, cancel));
+            Ok((TaskKind::DirSize, job))
+        }
+        _ => Err(Fail::new(code::NO_SUCH_METHOD)),
     }
 }
 

@@ -138,7 +138,7 @@ fn prepare(
         .to_owned();
     check_name(&name).map_err(Fail::new)?;
     let folder = params
-        .string("path")
+        .single("path")
         .ok_or_else(|| Fail::new(code::MISSING_PARAMS))?;
     let overwrite = overwrite_mode(params, version)?;
     let create_parents = matches!(params.bool("create_parents"), Some(Ok(true)));

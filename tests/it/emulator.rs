@@ -199,6 +199,32 @@ fn md5_hex(data: &[u8]) -> String {
     hex::encode(Md5::digest(data))
 }
 
+#[test]
+fn emulator_can_be_shared_between_tasks() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Emulator>();
+    assert_send_sync::<synback::emulator::FaultHandle>();
+}
+
+#[tokio::test]
+async fn dropping_the_emulator_stops_it() {
+    let nas = start().await;
+    let url = format!(
+        "{}?api=SYNO.API.Info&version=1&method=query",
+        nas.endpoint("query.cgi")
+    );
+    assert!(nas.http.get(&url).send().await.is_ok());
+    let Nas { emu, http, dir } = nas;
+    drop(emu);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fresh = http_client().build().unwrap();
+    assert!(
+        fresh.get(&url).send().await.is_err(),
+        "nothing listens any more"
+    );
+    drop((http, dir));
+}
+
 // ---------------------------------------------------------------- API.Info
 
 #[tokio::test]

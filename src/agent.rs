@@ -84,19 +84,19 @@ pub enum Error {
     },
     /// The config could not be used.
     #[error(transparent)]
-    Config(#[from] config::Error),
+    Config(Box<config::Error>),
     /// Connecting or logging in to the NAS failed.
     #[error("connecting to the NAS failed: {0}")]
-    Connect(#[source] dsm::Error),
+    Connect(#[source] Box<dsm::Error>),
     /// The backup run failed.
     #[error(transparent)]
-    Backup(#[from] backup::Error),
+    Backup(Box<backup::Error>),
     /// Reading a snapshot failed.
     #[error(transparent)]
-    Restore(#[from] restore::Error),
+    Restore(Box<restore::Error>),
     /// A storage operation failed.
     #[error("storage: {0}")]
-    Target(#[from] target::Error),
+    Target(Box<target::Error>),
     /// A job name or snapshot id is not valid.
     #[error(transparent)]
     Layout(#[from] layout::Error),
@@ -132,8 +132,38 @@ pub enum Error {
         path: PathBuf,
         /// The cause.
         #[source]
-        source: archive::Error,
+        source: Box<archive::Error>,
     },
+}
+
+impl From<config::Error> for Error {
+    fn from(err: config::Error) -> Self {
+        Error::Config(Box::new(err))
+    }
+}
+
+impl From<backup::Error> for Error {
+    fn from(err: backup::Error) -> Self {
+        Error::Backup(Box::new(err))
+    }
+}
+
+impl From<restore::Error> for Error {
+    fn from(err: restore::Error) -> Self {
+        Error::Restore(Box::new(err))
+    }
+}
+
+impl From<target::Error> for Error {
+    fn from(err: target::Error) -> Self {
+        Error::Target(Box::new(err))
+    }
+}
+
+impl From<dsm::Error> for Error {
+    fn from(err: dsm::Error) -> Self {
+        Error::Connect(Box::new(err))
+    }
 }
 
 impl Error {
@@ -148,18 +178,12 @@ impl Error {
             }
         }
         match self {
+            Error::Backup(e) => backup_exit_code(e.as_ref()),
+            Error::Restore(e) => restore_exit_code(e.as_ref()),
             Error::UnknownJob { .. } | Error::Config(_) | Error::RestoreTarget { .. } => {
                 exit::USAGE
             }
             Error::Identity { .. } => exit::USAGE,
-            Error::Backup(backup::Error::Lock {
-                source: crate::repo::lock::Error::Locked { .. },
-            }) => exit::LOCKED,
-            Error::Backup(backup::Error::Md5Mismatch { .. }) => exit::VERIFY,
-            Error::Restore(
-                restore::Error::Corrupt { .. } | restore::Error::MissingVolume { .. },
-            ) => exit::VERIFY,
-            Error::Restore(restore::Error::NoSnapshot { .. }) => exit::USAGE,
             _ => exit::FAILED,
         }
     }
@@ -173,10 +197,28 @@ impl Error {
     }
 }
 
+fn backup_exit_code(err: &backup::Error) -> u8 {
+    match err {
+        backup::Error::Lock {
+            source: crate::repo::lock::Error::Locked { .. },
+        } => exit::LOCKED,
+        backup::Error::Md5Mismatch { .. } => exit::VERIFY,
+        _ => exit::FAILED,
+    }
+}
+
+fn restore_exit_code(err: &restore::Error) -> u8 {
+    match err {
+        restore::Error::Corrupt { .. } | restore::Error::MissingVolume { .. } => exit::VERIFY,
+        restore::Error::NoSnapshot { .. } => exit::USAGE,
+        _ => exit::FAILED,
+    }
+}
+
 /// The DSM error somewhere in the cause chain, if any.
 fn find_dsm(err: &Error) -> Option<&dsm::Error> {
     if let Error::Connect(e) = err {
-        return Some(e);
+        return Some(e.as_ref());
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
     while let Some(cause) = source {
@@ -316,7 +358,7 @@ impl Agent {
         opts.retry.max_delay = retry.max_delay;
         opts.retry.max_elapsed = retry.max_elapsed;
         if let Some(secret) = &nas.otp_secret {
-            opts.otp = Some(OtpSource::totp(secret).map_err(Error::Connect)?);
+            opts.otp = Some(OtpSource::totp(secret).map_err(Error::from)?);
         }
         let path = self.device_id_path();
         opts.device_id =
@@ -327,7 +369,7 @@ impl Agent {
     async fn connect(&self) -> Result<dsm::Client, Error> {
         dsm::Client::connect(self.client_options()?)
             .await
-            .map_err(Error::Connect)
+            .map_err(Error::from)
     }
 
     /// The job folder on the NAS as a [`Target`].
@@ -339,7 +381,7 @@ impl Agent {
             &job.path,
             &JobName::new(&job.name)?,
         )
-        .map_err(Error::Connect)?;
+        .map_err(Error::from)?;
         Ok((client, Arc::new(target)))
     }
 
@@ -526,7 +568,7 @@ impl Agent {
         opts.otp = Some(OtpSource::Code(Secret::new(code)));
         opts.device_id = None;
         opts.request_device_token = true;
-        let client = dsm::Client::connect(opts).await.map_err(Error::Connect)?;
+        let client = dsm::Client::connect(opts).await.map_err(Error::from)?;
         let path = self.device_id_path();
         if let Some(did) = client.device_id() {
             dsm::save_device_id(&path, &did).map_err(|source| Error::State {
@@ -572,7 +614,7 @@ fn read_local_manifest(path: &Path) -> Result<Manifest, Error> {
     })?;
     Manifest::from_json(&data).map_err(|source| Error::LocalManifest {
         path: path.to_path_buf(),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -609,15 +651,15 @@ pub fn backup_options(job: &JobConfig) -> Result<BackupOptions, Error> {
 }
 
 fn retention_policy(r: &config::Retention) -> Policy {
-    let mut p = Policy::default();
-    p.keep_last = r.keep_last;
-    p.keep_hourly = r.keep_hourly;
-    p.keep_daily = r.keep_daily;
-    p.keep_weekly = r.keep_weekly;
-    p.keep_monthly = r.keep_monthly;
-    p.keep_yearly = r.keep_yearly;
-    p.keep_within = r.keep_within;
-    p
+    Policy {
+        keep_last: r.keep_last,
+        keep_hourly: r.keep_hourly,
+        keep_daily: r.keep_daily,
+        keep_weekly: r.keep_weekly,
+        keep_monthly: r.keep_monthly,
+        keep_yearly: r.keep_yearly,
+        keep_within: r.keep_within,
+    }
 }
 
 async fn list_folder(target: &dyn Target, job: &JobName) -> Result<Listing, Error> {

@@ -6,6 +6,8 @@ pub mod agent;
 pub mod archive;
 pub mod backup;
 pub mod config;
+#[cfg(feature = "daemon")]
+pub mod daemon;
 pub mod dsm;
 #[cfg(feature = "emulator")]
 pub mod emulator;

@@ -109,7 +109,7 @@ pub enum Error {
     },
     /// The target failed.
     #[error("storage: {0}")]
-    Target(#[from] target::Error),
+    Target(Box<target::Error>),
     /// The manifest could not be read.
     #[error("the manifest of {snapshot} is unreadable: {source}")]
     Manifest {
@@ -117,7 +117,7 @@ pub enum Error {
         snapshot: String,
         /// The cause.
         #[source]
-        source: archive::Error,
+        source: Box<archive::Error>,
     },
     /// A volume's bytes are not what the manifest recorded.
     #[error(
@@ -139,7 +139,7 @@ pub enum Error {
     },
     /// Decrypting, decompressing or extracting failed.
     #[error(transparent)]
-    Archive(#[from] archive::Error),
+    Archive(Box<archive::Error>),
     /// Local files (spool, `--from-file`) could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -155,6 +155,18 @@ pub enum Error {
     /// A worker task ended abnormally.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<target::Error> for Error {
+    fn from(err: target::Error) -> Self {
+        Error::Target(Box::new(err))
+    }
+}
+
+impl From<archive::Error> for Error {
+    fn from(err: archive::Error) -> Self {
+        Error::Archive(Box::new(err))
+    }
 }
 
 /// Lists the job folder and picks the snapshot `selector` names.
@@ -188,7 +200,7 @@ pub async fn manifest(target: &dyn Target, snapshot: &SnapshotFiles) -> Result<M
         .await?;
     Manifest::from_json(&data).map_err(|source| Error::Manifest {
         snapshot: snapshot.id.to_string(),
-        source,
+        source: Box::new(source),
     })
 }
 

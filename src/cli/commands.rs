@@ -25,6 +25,12 @@ impl ConfigArg {
             .unwrap_or_else(|| PathBuf::from("/etc/synback/config.toml"))
     }
 
+    /// Loads the config for a reload; the error is the message to log.
+    pub fn load_quiet(&self) -> Result<Config, String> {
+        let env = ConfigEnv::from_vars(std::env::vars());
+        Config::load(self.path(&env), &env).map_err(|e| e.to_string())
+    }
+
     /// Loads and validates the config, printing notes; `Err` is the exit code.
     pub fn load(&self) -> Result<Config, u8> {
         let env = ConfigEnv::from_vars(std::env::vars());

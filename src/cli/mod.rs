@@ -6,6 +6,8 @@
 //! exit codes documented in the README.
 
 mod commands;
+#[cfg(feature = "daemon")]
+mod daemon;
 #[cfg(feature = "emulator")]
 mod demo;
 #[cfg(feature = "emulator")]
@@ -64,6 +66,12 @@ enum Command {
     CheckConfig(commands::CheckConfigArgs),
     /// Log in once with a 2FA code and remember this device, so unattended runs need no code.
     Login(commands::LoginArgs),
+    /// Run every scheduled job until stopped (SIGHUP reloads the config).
+    #[cfg(feature = "daemon")]
+    Daemon(daemon::DaemonArgs),
+    /// Show each job's last and next run, as the daemon recorded them.
+    #[cfg(feature = "daemon")]
+    Status(daemon::StatusArgs),
     /// Run the whole cycle against the built-in NAS emulator, in a temp folder.
     #[cfg(feature = "emulator")]
     Demo(demo::DemoArgs),
@@ -103,6 +111,10 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Diff(args) => ExitCode::from(commands::diff(&config, args).await),
         Command::CheckConfig(args) => ExitCode::from(commands::check_config(&config, args).await),
         Command::Login(args) => ExitCode::from(commands::login(&config, args).await),
+        #[cfg(feature = "daemon")]
+        Command::Daemon(args) => ExitCode::from(daemon::run(&config, args).await),
+        #[cfg(feature = "daemon")]
+        Command::Status(args) => ExitCode::from(daemon::status(&config, args).await),
         #[cfg(feature = "emulator")]
         Command::Demo(args) => demo::run(args).await,
         #[cfg(feature = "emulator")]

@@ -1,0 +1,128 @@
+//! Wires the scheduler ([`crate::schedule`]) to the [`Agent`] and the
+//! config: what each job's schedule, hooks and retry policy are, and how a
+//! scheduled run becomes a backup.
+//!
+//! `schedule` knows nothing of backups or configs; `agent` knows nothing of
+//! schedules. This module is the only place that knows both.
+
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::Agent;
+use crate::backup::RunStatus;
+use crate::config::Config;
+use crate::schedule::{
+    self, DaemonSettings, Hooks, JobRunner, JobSpec, Notify, RetryPolicy, RunOutcome,
+};
+
+/// Runs scheduled backups through an [`Agent`] that a config reload can
+/// replace; runs already going keep the agent they started with.
+#[derive(Debug, Clone)]
+pub struct AgentRunner {
+    agent: Arc<RwLock<Agent>>,
+}
+
+impl AgentRunner {
+    /// A runner over `agent`.
+    pub fn new(agent: Agent) -> Self {
+        Self {
+            agent: Arc::new(RwLock::new(agent)),
+        }
+    }
+
+    /// Uses `agent` for every run that starts from now on.
+    pub fn replace(&self, agent: Agent) {
+        if let Ok(mut current) = self.agent.write() {
+            *current = agent;
+        }
+    }
+
+    fn current(&self) -> Option<Agent> {
+        self.agent.read().ok().map(|a| a.clone())
+    }
+}
+
+impl JobRunner for AgentRunner {
+    fn run(&self, job: &str, cancel: CancellationToken) -> BoxFuture<'static, RunOutcome> {
+        let agent = self.current();
+        let job = job.to_owned();
+        Box::pin(async move {
+            let Some(agent) = agent else {
+                return RunOutcome::failed("internal error: the agent lock is poisoned", false);
+            };
+            let started = Instant::now();
+            let outcome = match agent.backup(&job, cancel).await {
+                Ok(report) => {
+                    let outcome =
+                        RunOutcome::ok(report.snapshot, report.bytes_read, report.bytes_stored);
+                    match report.status {
+                        RunStatus::Ok => outcome,
+                        _ => outcome.with_status(schedule::RunStatus::Partial),
+                    }
+                }
+                Err(err) => {
+                    let retryable = match &err {
+                        crate::agent::Error::Backup(e) => e.is_retryable(),
+                        crate::agent::Error::Connect(e) => e.is_transient(),
+                        _ => false,
+                    };
+                    RunOutcome::failed(error_chain(&err), retryable)
+                }
+            };
+            outcome.with_duration(started.elapsed())
+        })
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The scheduler's settings and jobs for `config`. Jobs without a
+/// `schedule` only run on demand and are left out.
+pub fn plan(config: &Config) -> (DaemonSettings, Vec<JobSpec>) {
+    let mut settings = DaemonSettings::new(config.state_dir.clone());
+    settings.max_parallel = config.daemon.max_parallel;
+    settings.catch_up = config.daemon.catch_up;
+    settings.status_listen = config.daemon.status_listen;
+    // The config refuses a non-loopback address unless `allow_remote` was written.
+    settings.allow_remote = config
+        .daemon
+        .status_listen
+        .is_some_and(|a| !a.ip().is_loopback());
+    settings.retry = RetryPolicy::new(
+        config.retry.max_attempts,
+        config.retry.base_delay,
+        config.retry.max_delay,
+        config.retry.max_elapsed,
+    );
+    let jobs = config
+        .jobs
+        .iter()
+        .filter_map(|job| {
+            let schedule = job.schedule.as_ref()?;
+            let mut spec = JobSpec::new(job.name.clone(), schedule.cron.clone());
+            spec.tz = job.timezone;
+            spec.jitter = job.jitter;
+            let mut hooks = Hooks::new();
+            hooks.before = job.hooks.before.clone();
+            hooks.after = job.hooks.after.clone();
+            hooks.on_failure = job.hooks.on_failure.clone();
+            hooks.timeout = job.hooks.timeout;
+            spec.hooks = hooks;
+            spec.notify = Notify::default();
+            Some(spec)
+        })
+        .collect();
+    (settings, jobs)
+}

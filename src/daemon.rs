@@ -69,23 +69,12 @@ impl JobRunner for AgentRunner {
                         crate::agent::Error::Connect(e) => e.is_transient(),
                         _ => false,
                     };
-                    RunOutcome::failed(error_chain(&err), retryable)
+                    RunOutcome::failed(crate::error_chain(&err), retryable)
                 }
             };
             outcome.with_duration(started.elapsed())
         })
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The scheduler's settings and jobs for `config`. Jobs without a

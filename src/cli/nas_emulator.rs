@@ -148,7 +148,7 @@ pub async fn run(args: NasEmulatorArgs) -> ExitCode {
     let emulator = match Emulator::start(cfg, args.listen).await {
         Ok(emulator) => emulator,
         Err(err) => {
-            eprintln!("error: {}", error_chain(&err));
+            eprintln!("error: {}", synback::error_chain(&err));
             return ExitCode::from(super::exit::FAILED);
         }
     };
@@ -165,17 +165,6 @@ fn announce(emulator: &Emulator) {
     if let Some(sha) = emulator.cert_sha256() {
         eprintln!("certificate sha256: {sha}");
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 async fn wait_for_signal() {

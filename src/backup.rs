@@ -254,6 +254,7 @@ pub async fn run(
     let info = LockInfo::for_this_process(now).with_snapshot(&id);
     let lock = Lock::acquire(target.as_ref(), info, &opts.lock, now).await?;
     info!(snapshot = %id, "lock taken");
+    remove_leftovers(target.as_ref(), &opts.job).await;
 
     let result = transfer_and_commit(&target, opts, &id, &events, &cancel, now).await;
     let result = match result {
@@ -472,6 +473,29 @@ async fn remove_partials_of(target: &dyn Target, job: &JobName, id: &SnapshotId)
         if ours && !entry.is_dir {
             delete_quietly(target, &entry.name).await;
         }
+    }
+}
+
+/// Deletes every partial upload and every archive without a manifest.
+///
+/// Called with the lock held: no other writer is active, so such files were
+/// left by a run that died (killed, crashed, powered off). Only names that
+/// parse as this job's files are touched; failures are logged, and the
+/// daily cleanup after the run tries again.
+async fn remove_leftovers(target: &dyn Target, job: &JobName) {
+    let Ok(entries) = target.list().await else {
+        return;
+    };
+    let listing = Listing::classify(job, entries);
+    let names: Vec<String> = listing
+        .partials
+        .iter()
+        .map(|p| p.entry.name.clone())
+        .chain(listing.orphans.iter().flat_map(|o| o.deletion_order()))
+        .collect();
+    for name in names {
+        info!(file = %name, "removing what an interrupted run left");
+        delete_quietly(target, &name).await;
     }
 }
 

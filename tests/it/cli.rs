@@ -126,3 +126,56 @@ async fn the_demo_runs_the_whole_cycle() {
         );
     }
 }
+
+/// Kills `synback backup` with SIGKILL at random moments; after each kill
+/// every listed snapshot still verifies, and a final run succeeds (taking
+/// over the dead run's lock) and removes everything the killed runs left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_points_never_leaves_a_half_snapshot() {
+    use synback::agent::VerifyMode;
+    use synback::restore::Selector;
+    use tokio_util::sync::CancellationToken;
+
+    let world = World::new("volume_size = \"1MiB\"").await;
+    world
+        .nas
+        .faults()
+        .update(|f| f.slow_kib_per_sec = Some(4096));
+    let agent = world.agent();
+    let bin = assert_cmd::cargo::cargo_bin("synback");
+    let kills = 10;
+    for round in 0..kills {
+        let mut child = std::process::Command::new(&bin)
+            .args(args(&world, &["backup"]))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let delay = 100 + rand::random_range(0..1400u64);
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let listing = agent.snapshots("home").await.unwrap();
+        for snap in &listing.snapshots {
+            agent
+                .verify(
+                    "home",
+                    &Selector::Id(snap.id.to_string()),
+                    VerifyMode::Quick,
+                    CancellationToken::new(),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {} does not verify: {e}", snap.id));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    }
+    world.nas.faults().clear();
+    agent
+        .backup("home", CancellationToken::new())
+        .await
+        .unwrap();
+    let listing = agent.snapshots("home").await.unwrap();
+    assert!(listing.partials.is_empty(), "{:?}", world.remote_names());
+    assert!(listing.orphans.is_empty(), "{:?}", world.remote_names());
+    assert!(listing.lock.is_none(), "{:?}", world.remote_names());
+}

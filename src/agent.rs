@@ -26,7 +26,7 @@ use crate::repo::listing::{Listing, SnapshotFiles};
 use crate::repo::lock::LockOptions;
 use crate::repo::target::{self, Target};
 use crate::restore::{self, DeepCheck, RestoreOptions, RestoreReport, Selector};
-use crate::retention::{Decision, Policy};
+use crate::retention::Decision;
 use crate::secret::Secret;
 
 /// Name of the file in the state directory that remembers this device
@@ -642,24 +642,12 @@ pub fn backup_options(job: &JobConfig) -> Result<BackupOptions, Error> {
         _ => backup::UploadMode::Spool,
     };
     opts.spool_dir = job.spool_dir.clone();
-    opts.retention = retention_policy(&job.retention);
+    opts.retention = job.retention.clone();
     opts.timezone = job.timezone.unwrap_or(chrono_tz::UTC);
     opts.lock = LockOptions::default().stale_after(
         chrono::TimeDelta::from_std(job.lock_stale_after).unwrap_or(chrono::TimeDelta::hours(6)),
     );
     Ok(opts)
-}
-
-fn retention_policy(r: &config::Retention) -> Policy {
-    Policy {
-        keep_last: r.keep_last,
-        keep_hourly: r.keep_hourly,
-        keep_daily: r.keep_daily,
-        keep_weekly: r.keep_weekly,
-        keep_monthly: r.keep_monthly,
-        keep_yearly: r.keep_yearly,
-        keep_within: r.keep_within,
-    }
 }
 
 async fn list_folder(target: &dyn Target, job: &JobName) -> Result<Listing, Error> {

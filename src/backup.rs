@@ -881,7 +881,7 @@ mod stream {
             let name = names.name(index)?;
             let partial = layout::partial_name(&name);
             let counter = Arc::clone(sent);
-            let body = tokio_stream_from(chunks)
+            let body = crate::repo::target::stream_from_channel(chunks)
                 .inspect(move |c| {
                     if let Ok(c) = c {
                         counter.fetch_add(c.len() as u64, Ordering::Relaxed);
@@ -916,12 +916,6 @@ mod stream {
             });
         }
         Ok(stored)
-    }
-
-    fn tokio_stream_from(
-        mut rx: mpsc::Receiver<io::Result<Bytes>>,
-    ) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send + 'static {
-        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 }
 

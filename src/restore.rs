@@ -342,8 +342,9 @@ pub async fn read_all(
         Ok::<u64, Error>(total)
     };
     let keys = keys.to_vec();
-    let reader =
-        tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(tokio_stream_from(rx)));
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(
+        crate::repo::target::stream_from_channel(rx),
+    ));
     let cancel2 = cancel.clone();
     let lister = tokio::task::spawn_blocking(move || {
         let opts = archive::ListOptions { include, keys };
@@ -357,12 +358,6 @@ pub async fn read_all(
         bytes: summary.bytes,
         downloaded,
     })
-}
-
-fn tokio_stream_from(
-    mut rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>,
-) -> impl futures_util::Stream<Item = io::Result<bytes::Bytes>> + Send + Unpin + 'static {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// Checks that every volume of the manifest is listed with its recorded size.

@@ -67,7 +67,8 @@ pub fn cancel_on_signal() -> CancellationToken {
     token
 }
 
-async fn wait_for_signal() {
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -153,7 +153,7 @@ pub async fn run(args: NasEmulatorArgs) -> ExitCode {
         }
     };
     announce(&emulator);
-    wait_for_signal().await;
+    super::commands::wait_for_signal().await;
     emulator.shutdown().await;
     ExitCode::from(super::exit::OK)
 }
@@ -165,19 +165,4 @@ fn announce(emulator: &Emulator) {
     if let Some(sha) = emulator.cert_sha256() {
         eprintln!("certificate sha256: {sha}");
     }
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

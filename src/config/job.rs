@@ -549,7 +549,7 @@ fn retention(
             None => None,
         },
     };
-    if retention.keeps_everything() {
+    if retention.is_empty() {
         ctx.note(
             header_line(ctx, index),
             format!("{label}.retention"),

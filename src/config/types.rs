@@ -333,32 +333,9 @@ pub enum UploadMode {
     Stream,
 }
 
-/// Which snapshots to keep (as restic's `forget`). All `None` keeps everything.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Retention {
-    /// Keep the newest N.
-    pub keep_last: Option<u32>,
-    /// Keep the newest in each of the last N hours.
-    pub keep_hourly: Option<u32>,
-    /// Keep the newest in each of the last N days.
-    pub keep_daily: Option<u32>,
-    /// Keep the newest in each of the last N weeks.
-    pub keep_weekly: Option<u32>,
-    /// Keep the newest in each of the last N months.
-    pub keep_monthly: Option<u32>,
-    /// Keep the newest in each of the last N years.
-    pub keep_yearly: Option<u32>,
-    /// Keep everything newer than this.
-    pub keep_within: Option<Duration>,
-}
-
-impl Retention {
-    /// True when no rule is set, so nothing is ever forgotten.
-    pub fn keeps_everything(&self) -> bool {
-        *self == Self::default()
-    }
-}
+/// Which snapshots to keep (as restic's `forget`): the retention module's
+/// policy itself, so the config and the rotation code cannot drift apart.
+pub use crate::retention::Policy as Retention;
 
 /// Shell commands run around a backup (through `/bin/sh -c`).
 #[derive(Debug, Clone, PartialEq, Eq)]

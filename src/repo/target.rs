@@ -457,6 +457,14 @@ pub trait Target: fmt::Display + fmt::Debug + Send + Sync {
     fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>>;
 }
 
+/// A body or download stream fed by a bounded channel: a producer on a
+/// blocking thread sends chunks, the upload (or reader) pulls them.
+pub fn stream_from_channel(
+    mut rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
+) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static {
+    stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
 /// Checks that `name` is a plain file name inside the job folder.
 ///
 /// # Errors

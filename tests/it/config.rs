@@ -110,7 +110,7 @@ fn minimal_config_gets_defaults() {
     assert!(job.schedule.is_none());
     assert!(job.timezone.is_none());
     assert_eq!(job.remote_dir(), "/backup/home");
-    assert!(job.retention.keeps_everything());
+    assert!(job.retention.is_empty());
     // No retention rule is worth a note.
     assert!(c.notes.iter().any(|n| n.field == "job[home].retention"));
 }

@@ -190,6 +190,15 @@ impl Error {
 
     /// Advice for the person reading the error, when there is any.
     pub fn hint(&self) -> Option<String> {
+        if let Error::Restore(e) = self {
+            if let restore::Error::Archive(a) = e.as_ref() {
+                if a.to_string().contains("symlink points outside") {
+                    return Some(
+                        "the snapshot holds absolute symlinks; restore with --allow-external-symlinks to recreate them as links".to_owned(),
+                    );
+                }
+            }
+        }
         match find_dsm(self)? {
             dsm::Error::Login { refusal, .. } => Some(refusal.advice().to_owned()),
             _ => None,

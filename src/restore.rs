@@ -75,6 +75,10 @@ pub struct RestoreOptions {
     pub keys: Vec<DecryptKey>,
     /// Where downloaded volumes wait to be extracted (default: system temp).
     pub spool_dir: Option<PathBuf>,
+    /// Recreate symlinks that point outside the target (absolute links, as
+    /// in backups of `/etc` or a home folder). They are created as links
+    /// only; nothing is ever written through them.
+    pub allow_external_symlinks: bool,
 }
 
 /// What a restore did.
@@ -568,6 +572,7 @@ fn extract(
             include: opts.include.clone(),
             overwrite: opts.overwrite,
             keys: opts.keys.clone(),
+            allow_external_symlinks: opts.allow_external_symlinks,
             ..Default::default()
         };
         let summary = archive::unpack(reader, &unpack, cancel)?;

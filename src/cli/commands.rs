@@ -292,6 +292,10 @@ pub struct RestoreArgs {
     /// Show what would be restored, write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Recreate symlinks that point outside the target (absolute links); they
+    /// are created as links only, nothing is written through them.
+    #[arg(long)]
+    allow_external_symlinks: bool,
     /// age identity file for an encrypted snapshot [default: the job's identity_file].
     #[arg(long, value_name = "FILE")]
     identity: Option<PathBuf>,
@@ -310,6 +314,7 @@ pub async fn restore(config: &ConfigArg, args: RestoreArgs) -> u8 {
     opts.include = args.include.clone();
     opts.overwrite = args.overwrite;
     opts.dry_run = args.dry_run;
+    opts.allow_external_symlinks = args.allow_external_symlinks;
     if !args.from_file.is_empty() {
         return restore_from_files(&printer, &args, opts).await;
     }

@@ -384,16 +384,8 @@ pub struct LsArgs {
 }
 
 pub async fn ls(config: &ConfigArg, args: LsArgs) -> u8 {
-    let config = match config.load() {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let job = match pick_job(&config, args.job.as_deref(), Some(&args.snapshot)) {
-        Ok(job) => job,
-        Err(code) => return code,
-    };
-    let sel = match selector(Some(&args.snapshot), None) {
-        Ok(sel) => sel,
+    let (config, job, sel) = match load_for(config, args.job.as_deref(), &args.snapshot) {
+        Ok(found) => found,
         Err(code) => return code,
     };
     let printer = Printer::new(args.json);
@@ -436,17 +428,13 @@ pub struct DiffArgs {
 }
 
 pub async fn diff(config: &ConfigArg, args: DiffArgs) -> u8 {
-    let config = match config.load() {
-        Ok(c) => c,
+    let (config, job, a) = match load_for(config, args.job.as_deref(), &args.a) {
+        Ok(found) => found,
         Err(code) => return code,
     };
-    let job = match pick_job(&config, args.job.as_deref(), Some(&args.a)) {
-        Ok(job) => job,
+    let b = match selector(Some(&args.b), None) {
+        Ok(sel) => sel,
         Err(code) => return code,
-    };
-    let (a, b) = match (selector(Some(&args.a), None), selector(Some(&args.b), None)) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(code), _) | (_, Err(code)) => return code,
     };
     let printer = Printer::new(args.json);
     let agent = agent(config, &printer);
@@ -530,6 +518,19 @@ pub async fn login(config: &ConfigArg, args: LoginArgs) -> u8 {
         }
         Err(err) => fail(&err),
     }
+}
+
+/// The config, the job and the snapshot selector of a command that names
+/// one snapshot (`latest` or an id); `Err` is the exit code, already reported.
+fn load_for(
+    config: &ConfigArg,
+    job: Option<&str>,
+    snapshot: &str,
+) -> Result<(Config, String, Selector), u8> {
+    let config = config.load()?;
+    let job = pick_job(&config, job, Some(snapshot))?;
+    let sel = selector(Some(snapshot), None)?;
+    Ok((config, job, sel))
 }
 
 /// The job a command works on: given, implied by a snapshot id, or the only one.

@@ -27,8 +27,10 @@ pub(crate) fn client_config(opts: &TlsOptions) -> Result<ClientConfig> {
         .with_safe_default_protocol_versions()
         .map_err(|e| setup("no usable TLS protocol version", e))?;
     let config = if let Some(pin) = &opts.pin_sha256 {
-        let verifier =
-            PinnedVerifier::new(parse_pin(pin)?, provider.signature_verification_algorithms);
+        let verifier = LeafVerifier {
+            pin: Some(parse_pin(pin)?),
+            algorithms: provider.signature_verification_algorithms,
+        };
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
@@ -38,7 +40,8 @@ pub(crate) fn client_config(opts: &TlsOptions) -> Result<ClientConfig> {
             "TLS certificate checks are disabled (insecure = true): anyone on the network path \
              can read the password; pin the certificate with pin_sha256 instead"
         );
-        let verifier = AnyCertVerifier {
+        let verifier = LeafVerifier {
+            pin: None,
             algorithms: provider.signature_verification_algorithms,
         };
         builder
@@ -111,28 +114,24 @@ pub fn cert_sha256_hex(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }
 
-/// Accepts exactly one leaf certificate, identified by its SHA-256, and still
-/// checks that the server holds its private key (handshake signatures).
-struct PinnedVerifier {
-    pin: [u8; 32],
+/// Checks the NAS's leaf certificate without a CA: with a pin, only the
+/// certificate with that SHA-256 is accepted; without one (`insecure`),
+/// any. Either way the handshake signatures are still verified, so the
+/// server must hold the certificate's private key.
+struct LeafVerifier {
+    pin: Option<[u8; 32]>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl PinnedVerifier {
-    fn new(pin: [u8; 32], algorithms: WebPkiSupportedAlgorithms) -> Self {
-        Self { pin, algorithms }
-    }
-}
-
-impl fmt::Debug for PinnedVerifier {
+impl fmt::Debug for LeafVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinnedVerifier")
-            .field("pin", &hex::encode(self.pin))
+        f.debug_struct("LeafVerifier")
+            .field("pin", &self.pin.map(hex::encode))
             .finish()
     }
 }
 
-impl ServerCertVerifier for PinnedVerifier {
+impl ServerCertVerifier for LeafVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -141,8 +140,11 @@ impl ServerCertVerifier for PinnedVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let Some(pin) = self.pin else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let actual: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        if actual == self.pin {
+        if actual == pin {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(format!(
@@ -150,47 +152,6 @@ impl ServerCertVerifier for PinnedVerifier {
                 hex::encode(actual)
             )))
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// Accepts any certificate (`insecure = true`), still checking signatures.
-#[derive(Debug)]
-struct AnyCertVerifier {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AnyCertVerifier {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -235,7 +196,10 @@ mod tests {
         let cert = CertificateDer::from(vec![1u8, 2, 3, 4]);
         let pin: [u8; 32] = Sha256::digest([1u8, 2, 3, 4]).into();
         let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-        let v = PinnedVerifier::new(pin, algs);
+        let v = LeafVerifier {
+            pin: Some(pin),
+            algorithms: algs,
+        };
         let name = ServerName::try_from("nas.local").unwrap();
         assert!(
             v.verify_server_cert(&cert, &[], &name, &[], UnixTime::now())

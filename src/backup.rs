@@ -5,10 +5,11 @@
 //! Works against any [`Target`]; knows nothing of DSM. The archive is
 //! produced by [`archive::pack`] on a blocking thread while volumes are
 //! uploaded on the async side, so reading, compressing and uploading
-//! overlap. Memory stays bounded: in spool mode at most two volumes sit on
-//! local disk (one being uploaded, one being written); in stream mode the
-//! bytes go straight from the compressor into the upload through a small
-//! bounded channel.
+//! overlap, and the target's MD5 check of one volume runs while the next
+//! uploads. Memory stays bounded: in spool mode at most two volumes sit on
+//! local disk (one being uploaded or checked, one being written); in stream
+//! mode the bytes go straight from the compressor into the upload through a
+//! small bounded channel.
 //!
 //! A crash at any point leaves either the old state or removable
 //! `*.partial` files: a snapshot exists only once its manifest does, and the
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
@@ -661,10 +662,9 @@ mod spool {
             let Some((writer, file)) = self.current.take() else {
                 return Err(io::Error::other("end of a volume that was not begun"));
             };
-            writer
-                .into_inner()
-                .map_err(|e| e.into_error())?
-                .sync_data()?;
+            // No fsync: the file is read back by this process (the page
+            // cache serves it) and is worthless after a crash anyway.
+            writer.into_inner().map_err(|e| e.into_error())?;
             let spooled = Spooled {
                 file,
                 info: info.clone(),
@@ -721,6 +721,9 @@ mod spool {
         Ok((summary, volumes))
     }
 
+    /// Stores the spooled volumes in order, two at a time, so that the
+    /// target's MD5 check of one volume overlaps with the upload of the
+    /// next. Each volume's spool slot is given back once it is committed.
     async fn upload_all(
         target: &Arc<dyn Target>,
         opts: &BackupOptions,
@@ -730,34 +733,47 @@ mod spool {
         slots: std::sync::mpsc::Sender<()>,
         sent: &Arc<AtomicU64>,
     ) -> Result<Vec<StoredVolume>, Error> {
-        let mut stored = Vec::new();
-        while let Some(spooled) = done.recv().await {
-            let name = names.name(spooled.info.index)?;
-            let path = spooled.file.to_path_buf();
-            let size = spooled.info.size;
-            let attempts = store_verified(
-                target.as_ref(),
-                &name,
-                &spooled.info.md5,
-                || Ok((file_body(path.clone()), size)),
-                opts,
-                events,
-                sent,
-            )
-            .await?;
-            events.event(Event::VolumeStored {
-                name: name.clone(),
-                size,
-            });
-            info!(volume = %name, bytes = size, attempts, "volume stored and verified");
-            stored.push(StoredVolume {
-                name,
-                info: spooled.info.clone(),
-                attempts,
-            });
-            drop(spooled);
-            let _ = slots.send(());
-        }
+        futures_util::stream::poll_fn(|cx| done.poll_recv(cx))
+            .map(|spooled| store_one(target, opts, names, events, spooled, &slots, sent))
+            .buffered(2)
+            .try_collect()
+            .await
+    }
+
+    async fn store_one(
+        target: &Arc<dyn Target>,
+        opts: &BackupOptions,
+        names: &VolumeNames,
+        events: &Events,
+        spooled: Spooled,
+        slots: &std::sync::mpsc::Sender<()>,
+        sent: &Arc<AtomicU64>,
+    ) -> Result<StoredVolume, Error> {
+        let name = names.name(spooled.info.index)?;
+        let path = spooled.file.to_path_buf();
+        let size = spooled.info.size;
+        let attempts = store_verified(
+            target.as_ref(),
+            &name,
+            &spooled.info.md5,
+            || Ok((file_body(path.clone()), size)),
+            opts,
+            events,
+            sent,
+        )
+        .await?;
+        events.event(Event::VolumeStored {
+            name: name.clone(),
+            size,
+        });
+        info!(volume = %name, bytes = size, attempts, "volume stored and verified");
+        let stored = StoredVolume {
+            name,
+            info: spooled.info.clone(),
+            attempts,
+        };
+        drop(spooled);
+        let _ = slots.send(());
         Ok(stored)
     }
 
@@ -866,14 +882,39 @@ mod stream {
         Ok((packed?, volumes))
     }
 
+    /// Uploads the volumes as the compressor produces them and, one step
+    /// behind, checks and renames each: the target's MD5 task for volume N
+    /// runs while volume N+1 is uploading. A failed check fails the run (the
+    /// bytes are gone; the caller may retry the whole run).
     async fn upload_all(
         target: &Arc<dyn Target>,
         names: &VolumeNames,
         events: &Events,
-        mut control: mpsc::Receiver<Message>,
+        control: mpsc::Receiver<Message>,
         sent: &Arc<AtomicU64>,
     ) -> Result<Vec<StoredVolume>, Error> {
-        let mut stored = Vec::new();
+        let (uploaded_tx, uploaded_rx) = mpsc::channel(1);
+        let ((), stored) = tokio::try_join!(
+            upload_each(target, names, control, uploaded_tx, sent),
+            commit_each(target, events, uploaded_rx),
+        )?;
+        Ok(stored)
+    }
+
+    /// A volume whose bytes are all on the target, under its partial name.
+    struct Uploaded {
+        name: String,
+        partial: String,
+        info: VolumeInfo,
+    }
+
+    async fn upload_each(
+        target: &Arc<dyn Target>,
+        names: &VolumeNames,
+        mut control: mpsc::Receiver<Message>,
+        uploaded: mpsc::Sender<Uploaded>,
+        sent: &Arc<AtomicU64>,
+    ) -> Result<(), Error> {
         while let Some(message) = control.recv().await {
             let Message::Begin(index, chunks) = message else {
                 return Err(Error::Internal("volume end without a beginning".into()));
@@ -894,6 +935,31 @@ mod stream {
             let Some(Message::End(info)) = control.recv().await else {
                 return Err(Error::Internal("volume ended without its digests".into()));
             };
+            let volume = Uploaded {
+                name,
+                partial,
+                info,
+            };
+            if uploaded.send(volume).await.is_err() {
+                // The committer stopped; its error is the run's.
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit_each(
+        target: &Arc<dyn Target>,
+        events: &Events,
+        mut uploaded: mpsc::Receiver<Uploaded>,
+    ) -> Result<Vec<StoredVolume>, Error> {
+        let mut stored = Vec::new();
+        while let Some(Uploaded {
+            name,
+            partial,
+            info,
+        }) = uploaded.recv().await
+        {
             let remote = target.md5(&partial).await?;
             if !remote.eq_ignore_ascii_case(&info.md5) {
                 delete_quietly(target.as_ref(), &partial).await;
@@ -909,6 +975,7 @@ mod stream {
                 name: name.clone(),
                 size: info.size,
             });
+            info!(volume = %name, bytes = info.size, "volume stored and verified");
             stored.push(StoredVolume {
                 name,
                 info,

@@ -18,10 +18,15 @@ use super::wire::{
 
 /// Entries asked per `list` page (DSM's default page is small).
 const PAGE: u64 = 1000;
-/// First delay between task status polls.
-const POLL_FIRST: Duration = Duration::from_millis(100);
+/// First delay between task status polls. Status calls are cheap, and a
+/// backup waits on the MD5 task of every volume, so time between the task's
+/// end and our noticing it is time lost.
+const POLL_FIRST: Duration = Duration::from_millis(20);
+/// Growth of the delay between polls, in percent: gentle, so that a task is
+/// noticed at most a quarter of its running time late.
+const POLL_GROWTH_PERCENT: u32 = 125;
 /// Longest delay between task status polls.
-const POLL_MAX: Duration = Duration::from_secs(2);
+const POLL_MAX: Duration = Duration::from_millis(500);
 
 impl Client {
     /// The NAS's host name and whether the account is an administrator.
@@ -312,7 +317,7 @@ impl Client {
             if status.finished {
                 return Ok(status);
             }
-            delay = (delay * 2).min(POLL_MAX);
+            delay = (delay * POLL_GROWTH_PERCENT / 100).min(POLL_MAX);
         }
     }
 

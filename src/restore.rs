@@ -317,30 +317,19 @@ pub async fn read_all(
     let pump = async move {
         let mut total = 0u64;
         for volume in &volumes {
-            let mut stream = pump_target.get(&volume.name).await?;
-            let mut hasher = Sha256::new();
-            let mut size = 0u64;
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| Error::Corrupt {
-                    name: volume.name.clone(),
-                    what: format!("download failed: {e}"),
-                })?;
-                hasher.update(&chunk);
-                size += chunk.len() as u64;
-                if tx.send(Ok(chunk)).await.is_err() {
-                    break;
+            let delivered = fetch_checked(pump_target.as_ref(), volume, async |chunk| {
+                tx.send(Ok(chunk)).await.is_ok()
+            })
+            .await;
+            match delivered {
+                Ok(Fetched::Complete(size)) => total += size,
+                // The lister stopped; its error says why.
+                Ok(Fetched::Stopped) => break,
+                Err(err) => {
+                    let reason = format!("volume {} is corrupt", volume.name);
+                    let _ = tx.send(Err(io::Error::other(reason))).await;
+                    return Err(err);
                 }
-            }
-            total += size;
-            let digest = hex::encode(hasher.finalize());
-            if let Err(err) = check_digest(&volume.name, volume, (digest, size)) {
-                let _ = tx
-                    .send(Err(io::Error::other(format!(
-                        "volume {} is corrupt",
-                        volume.name
-                    ))))
-                    .await;
-                return Err(err);
             }
         }
         Ok::<u64, Error>(total)
@@ -481,6 +470,46 @@ async fn download_verified(
         .map_err(io_err)?
         .into_parts();
     let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
+    let mut write_error = None;
+    let fetched = fetch_checked(target, volume, async |chunk| {
+        match out.write_all(&chunk).await {
+            Ok(()) => true,
+            Err(err) => {
+                write_error = Some(err);
+                false
+            }
+        }
+    })
+    .await?;
+    match (fetched, write_error) {
+        (_, Some(err)) => return Err(io_err(err)),
+        (Fetched::Stopped, None) => {
+            return Err(Error::Internal(
+                "a volume download stopped by itself".into(),
+            ));
+        }
+        (Fetched::Complete(_), None) => {}
+    }
+    out.flush().await.map_err(io_err)?;
+    Ok(path)
+}
+
+/// How a checked download ended.
+enum Fetched {
+    /// Every byte arrived and matched the manifest's size and SHA-256.
+    Complete(u64),
+    /// The consumer stopped taking bytes; nothing was checked.
+    Stopped,
+}
+
+/// Downloads one volume, handing each chunk to `deliver` as it arrives (it
+/// returns false to stop), and checks size and SHA-256 against the manifest
+/// once the last byte is in.
+async fn fetch_checked(
+    target: &dyn Target,
+    volume: &ManifestVolume,
+    mut deliver: impl AsyncFnMut(bytes::Bytes) -> bool,
+) -> Result<Fetched, Error> {
     let mut stream = target.get(&volume.name).await?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
@@ -491,11 +520,12 @@ async fn download_verified(
         })?;
         hasher.update(&chunk);
         size += chunk.len() as u64;
-        out.write_all(&chunk).await.map_err(io_err)?;
+        if !deliver(chunk).await {
+            return Ok(Fetched::Stopped);
+        }
     }
-    out.flush().await.map_err(io_err)?;
     check_digest(&volume.name, volume, (hex::encode(hasher.finalize()), size))?;
-    Ok(path)
+    Ok(Fetched::Complete(size))
 }
 
 /// Reads volumes one after the other as they arrive from the feeder.

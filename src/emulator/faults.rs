@@ -218,6 +218,7 @@ struct FaultState {
     requests: AtomicU64,
     calls: AtomicU64,
     aimed: Mutex<Vec<u64>>,
+    aimed_hits: AtomicU64,
     uploaded: AtomicU64,
     downloaded: AtomicU64,
     holding: AtomicBool,
@@ -257,6 +258,7 @@ impl FaultHandle {
         self.inner.requests.store(0, Ordering::SeqCst);
         self.inner.calls.store(0, Ordering::SeqCst);
         lock(&self.inner.aimed).clear();
+        self.inner.aimed_hits.store(0, Ordering::SeqCst);
         self.inner.uploaded.store(0, Ordering::SeqCst);
         self.inner.downloaded.store(0, Ordering::SeqCst);
         self.inner.holding.store(false, Ordering::SeqCst);
@@ -272,11 +274,17 @@ impl FaultHandle {
             if fault.matches(call) {
                 *count += 1;
                 if fault.hits(*count) {
+                    self.inner.aimed_hits.fetch_add(1, Ordering::SeqCst);
                     hit.push(fault.action.clone());
                 }
             }
         }
         hit
+    }
+
+    /// How many calls aimed faults have hit since the faults were set.
+    pub fn aimed_hits(&self) -> u64 {
+        self.inner.aimed_hits.load(Ordering::SeqCst)
     }
 
     /// True once a transfer is held by [`Faults::hold_uploads_at`] or
@@ -394,6 +402,7 @@ mod tests {
         .map(|c| !h.aimed_at(c).is_empty())
         .collect();
         assert_eq!(got, [false, false, false, true, false]);
+        assert_eq!(h.aimed_hits(), 1);
     }
 
     #[test]

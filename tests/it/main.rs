@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod dsm;
 mod emulator;
+mod faults;
 mod repo;
 mod restore;
 mod schedule;

@@ -8,6 +8,7 @@ mod archive;
 mod backup;
 mod cli;
 mod config;
+mod crash;
 mod dsm;
 mod emulator;
 mod faults;

@@ -488,7 +488,7 @@ async fn check_state(
         _ => usize::from(ok),
     };
     let expected = match phase {
-        Phase::Retention => ids.len() <= 2 && ids.len() >= 1,
+        Phase::Retention => (1..=2).contains(&ids.len()),
         _ => ids.len() == 1 + runs,
     };
     if !expected {

@@ -172,6 +172,22 @@ impl Phase {
         }
     }
 
+    /// What a failure in this phase must name.
+    fn names(self) -> &'static str {
+        match self {
+            Phase::Login => "login",
+            Phase::Lock => ".lock",
+            Phase::FirstVolume => ".tar.zst.001",
+            Phase::MiddleVolume => ".tar.zst.002",
+            Phase::LastVolume => ".tar.zst.003",
+            Phase::Md5 => "md5",
+            Phase::Rename => "rename",
+            Phase::Manifest => ".manifest.json",
+            Phase::Retention => "delete",
+            Phase::Download => ".tar.zst.001",
+        }
+    }
+
     fn is_upload(self) -> bool {
         matches!(
             self,
@@ -391,6 +407,12 @@ async fn run_cell(tpl: &Template, fault: Fault, phase: Phase) -> Outcome {
                 problems.push(format!(
                     "exit code {} not {code}: {message}",
                     err.exit_code()
+                ));
+            }
+            if !message.to_lowercase().contains(phase.names()) {
+                problems.push(format!(
+                    "message does not name {:?}: {message}",
+                    phase.names()
                 ));
             }
             for word in words {

@@ -96,7 +96,7 @@ pub enum Error {
     Restore(Box<restore::Error>),
     /// A storage operation failed.
     #[error("storage: {0}")]
-    Target(Box<target::Error>),
+    Target(#[source] Box<target::Error>),
     /// A job name or snapshot id is not valid.
     #[error(transparent)]
     Layout(#[from] layout::Error),
@@ -199,11 +199,42 @@ impl Error {
                 }
             }
         }
+        if let Some(advice) = find_target(self).and_then(storage_advice) {
+            return Some(advice.to_owned());
+        }
         match find_dsm(self)? {
             dsm::Error::Login { refusal, .. } => Some(refusal.advice().to_owned()),
+            e if e.is_unreachable() => Some(
+                "the NAS or its DSM web service is not answering; check that it is on and reachable, then run again (nothing was recorded)".to_owned(),
+            ),
             _ => None,
         }
     }
+}
+
+/// What to do about a storage failure, when there is something to do.
+fn storage_advice(err: &target::Error) -> Option<&'static str> {
+    match err {
+        target::Error::NoSpace { .. } => Some(
+            "free space on the NAS volume (delete files or keep fewer snapshots with a smaller retention) and run again; earlier snapshots are intact",
+        ),
+        target::Error::QuotaExceeded { .. } => Some(
+            "raise the account's quota on the share in DSM (Control Panel > User > Quota) or keep fewer snapshots, then run again; earlier snapshots are intact",
+        ),
+        _ => None,
+    }
+}
+
+/// The storage error somewhere in the cause chain, if any.
+fn find_target(err: &Error) -> Option<&target::Error> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(cause) = source {
+        if let Some(found) = cause.downcast_ref::<target::Error>() {
+            return Some(found);
+        }
+        source = cause.source();
+    }
+    None
 }
 
 fn backup_exit_code(err: &backup::Error) -> u8 {

@@ -113,7 +113,7 @@ pub enum Error {
     },
     /// The target failed.
     #[error("storage: {0}")]
-    Target(Box<target::Error>),
+    Target(#[source] Box<target::Error>),
     /// The manifest could not be read.
     #[error("the manifest of {snapshot} is unreadable: {source}")]
     Manifest {

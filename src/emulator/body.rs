@@ -14,7 +14,7 @@ use std::{
 use axum::body::{Body, BodyDataStream, Bytes};
 use futures_util::{Stream, StreamExt, stream};
 
-use super::{conn::KillSwitch, lock};
+use super::{FaultHandle, conn::KillSwitch, lock};
 
 /// Why the body stopped early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +59,8 @@ pub(crate) struct Limits {
     pub kib_per_sec: Option<u32>,
     /// The connection to cut.
     pub kill: KillSwitch,
+    /// Counts upload bytes and holds the body at the hold point.
+    pub hold: Option<FaultHandle>,
 }
 
 struct Guard {
@@ -67,6 +69,7 @@ struct Guard {
     stats: Arc<BodyStats>,
     pacer: Pacer,
     fail_next: bool,
+    hold_next: bool,
 }
 
 /// Wraps `body` with `limits`; `stats` tells the handler what happened.
@@ -78,6 +81,7 @@ pub(crate) fn guard(body: Body, limits: Limits, stats: Arc<BodyStats>) -> Body {
         stats,
         pacer,
         fail_next: false,
+        hold_next: false,
     };
     Body::from_stream(stream::unfold(guard, |mut g| async move {
         let item = g.next().await?;
@@ -90,7 +94,14 @@ impl Guard {
         if self.fail_next {
             return None;
         }
-        let bytes = match self.inner.next().await? {
+        if self.hold_next {
+            if let Some(handle) = &self.limits.hold {
+                handle.hold().await;
+            }
+            self.fail_next = true;
+            return Some(Err(io::Error::other("held upload released")));
+        }
+        let mut bytes = match self.inner.next().await? {
             Ok(bytes) => bytes,
             Err(err) => {
                 self.fail_next = true;
@@ -111,6 +122,15 @@ impl Guard {
             self.limits.kill.kill();
             self.fail_next = true;
             return Some(Err(io::Error::other("connection dropped by a fault")));
+        }
+        if let Some(handle) = &self.limits.hold {
+            let len = bytes.len() as u64;
+            let pass = handle.pass(true, len);
+            if pass < len {
+                // Deliver up to the hold point, then stall.
+                self.hold_next = true;
+                bytes.truncate(usize::try_from(pass).unwrap_or(0));
+            }
         }
         self.stats
             .bytes

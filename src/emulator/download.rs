@@ -6,16 +6,18 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::Response,
 };
+use futures_util::{StreamExt, stream};
 use tokio_util::io::ReaderStream;
 
-use super::{Shared, body::paced, params::Params, reply::http_error};
+use super::{FaultHandle, Shared, body::paced, params::Params, reply::http_error};
 
 /// Read size of the download stream.
 const CHUNK: usize = 256 * 1024;
 
 /// Answers a download of `path` (one file; folders and several paths, which
-/// DSM answers with a zip, are 404 here).
-pub(crate) async fn download(shared: &Shared, params: &Params) -> (Response, u64) {
+/// DSM answers with a zip, are 404 here). With `corrupt`, one byte of the
+/// first chunk is flipped (the corrupted-bytes fault).
+pub(crate) async fn download(shared: &Shared, params: &Params, corrupt: bool) -> (Response, u64) {
     let paths = params.list("path").unwrap_or_default();
     let [path] = paths.as_slice() else {
         return (http_error(StatusCode::NOT_FOUND), 0);
@@ -34,6 +36,7 @@ pub(crate) async fn download(shared: &Shared, params: &Params) -> (Response, u64
         ReaderStream::with_capacity(file, CHUNK),
         shared.faults.get().slow_kib_per_sec,
     );
+    let stream = faulty(Box::pin(stream), shared.faults.clone(), corrupt);
     let mut response = Response::new(Body::from_stream(stream));
     let headers = response.headers_mut();
     headers.insert(
@@ -45,6 +48,49 @@ pub(crate) async fn download(shared: &Shared, params: &Params) -> (Response, u64
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
     (response, len)
+}
+
+/// Applies the corrupt fault and the download hold point to a stream.
+fn faulty<S>(
+    inner: S,
+    faults: FaultHandle,
+    corrupt: bool,
+) -> impl futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> + Send + Unpin
+where
+    S: futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> + Send + Unpin + 'static,
+{
+    let state = (inner, faults, corrupt, false);
+    Box::pin(stream::unfold(
+        state,
+        |(mut inner, faults, corrupt, held)| async move {
+            if held {
+                faults.hold().await;
+                return Some((
+                    Err(std::io::Error::other("held download released")),
+                    (inner, faults, false, true),
+                ));
+            }
+            let mut bytes = match inner.next().await? {
+                Ok(bytes) => bytes,
+                Err(err) => return Some((Err(err), (inner, faults, corrupt, held))),
+            };
+            let mut corrupt = corrupt;
+            if corrupt && !bytes.is_empty() {
+                let mut flipped = bytes.to_vec();
+                let mid = flipped.len() / 2;
+                flipped[mid] ^= 0xff;
+                bytes = flipped.into();
+                corrupt = false;
+            }
+            let len = bytes.len() as u64;
+            let pass = faults.pass(false, len);
+            let held = pass < len;
+            if held {
+                bytes.truncate(usize::try_from(pass).unwrap_or(0));
+            }
+            Some((Ok(bytes), (inner, faults, corrupt, held)))
+        },
+    ))
 }
 
 /// `attachment; filename*=UTF-8''<percent-encoded name>`.

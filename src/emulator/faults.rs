@@ -8,7 +8,7 @@
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -59,6 +59,127 @@ pub struct Faults {
     /// Background tasks (MD5, delete, dir size) report `finished: false`
     /// for at least this long.
     pub task_min_duration: Option<Duration>,
+    /// Faults aimed at particular calls (an API/method, a file name, the
+    /// Nth such call): see [`AimedFault`].
+    pub aimed: Vec<AimedFault>,
+    /// Hold every upload once this many upload body bytes (all uploads
+    /// since the faults were set, multipart framing included) have arrived:
+    /// the client stalls mid-request, as on a hung link. Lets a test kill
+    /// a client at an exact byte offset; see [`FaultHandle::is_holding`].
+    pub hold_uploads_at: Option<u64>,
+    /// Hold every download once this many download bytes were served.
+    pub hold_downloads_at: Option<u64>,
+}
+
+/// What an [`AimedFault`] does to the call it hits.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum FaultAction {
+    /// Cut the connection without an answer (upload bodies are cut before
+    /// they are stored).
+    Drop,
+    /// Answer with this HTTP status (a front-end proxy error such as 502).
+    Http(u16),
+    /// Answer with this DSM error code (117 busy, 416 disk full, 415 quota...).
+    Code(i32),
+    /// Lose every session first (as a NAS reboot or session timeout does);
+    /// the call then gets DSM's own 119/106 answer.
+    ExpireSessions,
+    /// Delay the call by this much, then serve it (a NAS waking from disk
+    /// hibernation).
+    Delay(Duration),
+    /// Uploads: store the file with one byte flipped, after answering
+    /// success. Downloads: serve it with one byte flipped.
+    Corrupt,
+}
+
+/// A fault aimed at particular calls: it hits the `nth` call (1-based)
+/// that matches `api`, `method` and `name_contains`, and the `times - 1`
+/// matching calls after it (`times: None`: every matching call from the
+/// `nth` on). The counters restart whenever faults change.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct AimedFault {
+    /// The API, e.g. `SYNO.FileStation.Upload` (`None`: any).
+    pub api: Option<String>,
+    /// The method, e.g. `start` (`None`: any).
+    pub method: Option<String>,
+    /// A substring of the file the call is about: the uploaded file's name,
+    /// or the `path`, `file_path`, `name` or `dest_folder_path` parameter.
+    pub name_contains: Option<String>,
+    /// The first matching call hit (1-based; 0 counts as 1).
+    pub nth: u32,
+    /// How many matching calls are hit (`None`: all from `nth` on).
+    pub times: Option<u32>,
+    /// What happens to them.
+    pub action: FaultAction,
+}
+
+impl AimedFault {
+    /// Hits the first call of `api` (any method, any file) once.
+    pub fn new(api: &str, action: FaultAction) -> Self {
+        Self {
+            api: Some(api.to_owned()),
+            method: None,
+            name_contains: None,
+            nth: 1,
+            times: Some(1),
+            action,
+        }
+    }
+
+    /// Only calls of `method`.
+    #[must_use]
+    pub fn method(mut self, method: &str) -> Self {
+        self.method = Some(method.to_owned());
+        self
+    }
+
+    /// Only calls about a file whose name or path contains `part`.
+    #[must_use]
+    pub fn name_contains(mut self, part: &str) -> Self {
+        self.name_contains = Some(part.to_owned());
+        self
+    }
+
+    /// Starts at the `nth` matching call.
+    #[must_use]
+    pub fn nth(mut self, nth: u32) -> Self {
+        self.nth = nth;
+        self
+    }
+
+    /// Hits `times` matching calls (`None`: every one).
+    #[must_use]
+    pub fn times(mut self, times: Option<u32>) -> Self {
+        self.times = times;
+        self
+    }
+
+    fn matches(&self, call: &CallInfo<'_>) -> bool {
+        let same = |want: &Option<String>, got: Option<&str>| {
+            want.as_deref().is_none_or(|w| got == Some(w))
+        };
+        same(&self.api, call.api)
+            && same(&self.method, call.method)
+            && self
+                .name_contains
+                .as_deref()
+                .is_none_or(|part| call.names.iter().any(|n| n.contains(part)))
+    }
+
+    fn hits(&self, count: u64) -> bool {
+        let first = u64::from(self.nth.max(1));
+        count >= first && self.times.is_none_or(|t| count < first + u64::from(t))
+    }
+}
+
+/// What an aimed fault is matched against.
+#[derive(Debug)]
+pub(crate) struct CallInfo<'a> {
+    pub api: Option<&'a str>,
+    pub method: Option<&'a str>,
+    pub names: Vec<String>,
 }
 
 impl Default for Faults {
@@ -78,6 +199,9 @@ impl Default for Faults {
             max_request_bytes: None,
             oversize_status: 413,
             task_min_duration: None,
+            aimed: Vec::new(),
+            hold_uploads_at: None,
+            hold_downloads_at: None,
         }
     }
 }
@@ -93,6 +217,11 @@ struct FaultState {
     faults: Mutex<Faults>,
     requests: AtomicU64,
     calls: AtomicU64,
+    aimed: Mutex<Vec<u64>>,
+    aimed_hits: AtomicU64,
+    uploaded: AtomicU64,
+    downloaded: AtomicU64,
+    holding: AtomicBool,
 }
 
 impl FaultHandle {
@@ -128,6 +257,72 @@ impl FaultHandle {
     fn reset_counters(&self) {
         self.inner.requests.store(0, Ordering::SeqCst);
         self.inner.calls.store(0, Ordering::SeqCst);
+        lock(&self.inner.aimed).clear();
+        self.inner.aimed_hits.store(0, Ordering::SeqCst);
+        self.inner.uploaded.store(0, Ordering::SeqCst);
+        self.inner.downloaded.store(0, Ordering::SeqCst);
+        self.inner.holding.store(false, Ordering::SeqCst);
+    }
+
+    /// Counts `call` against every aimed fault; the actions that hit it.
+    pub(crate) fn aimed_at(&self, call: &CallInfo<'_>) -> Vec<FaultAction> {
+        let faults = lock(&self.inner.faults);
+        let mut counts = lock(&self.inner.aimed);
+        counts.resize(faults.aimed.len(), 0);
+        let mut hit = Vec::new();
+        for (fault, count) in faults.aimed.iter().zip(counts.iter_mut()) {
+            if fault.matches(call) {
+                *count += 1;
+                if fault.hits(*count) {
+                    self.inner.aimed_hits.fetch_add(1, Ordering::SeqCst);
+                    hit.push(fault.action.clone());
+                }
+            }
+        }
+        hit
+    }
+
+    /// How many calls aimed faults have hit since the faults were set.
+    pub fn aimed_hits(&self) -> u64 {
+        self.inner.aimed_hits.load(Ordering::SeqCst)
+    }
+
+    /// True once a transfer is held by [`Faults::hold_uploads_at`] or
+    /// [`Faults::hold_downloads_at`] (until the faults change).
+    pub fn is_holding(&self) -> bool {
+        self.inner.holding.load(Ordering::SeqCst)
+    }
+
+    /// Upload body bytes received since the faults were last set.
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.inner.uploaded.load(Ordering::SeqCst)
+    }
+
+    /// Download bytes served since the faults were last set.
+    pub fn downloaded_bytes(&self) -> u64 {
+        self.inner.downloaded.load(Ordering::SeqCst)
+    }
+
+    /// Counts `n` more transferred bytes in one direction; how many of
+    /// them may pass before the hold point (`n` when there is none).
+    pub(crate) fn pass(&self, upload: bool, n: u64) -> u64 {
+        let (counter, at) = match upload {
+            true => (&self.inner.uploaded, self.get().hold_uploads_at),
+            false => (&self.inner.downloaded, self.get().hold_downloads_at),
+        };
+        let before = counter.fetch_add(n, Ordering::SeqCst);
+        match at {
+            Some(at) if before + n > at => at.saturating_sub(before).min(n),
+            _ => n,
+        }
+    }
+
+    /// Holds the caller until the faults change (a hung transfer).
+    pub(crate) async fn hold(&self) {
+        self.inner.holding.store(true, Ordering::SeqCst);
+        while self.inner.holding.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Counts one HTTP request; true when it must get a 502.
@@ -180,6 +375,46 @@ fn every(n: Option<u32>, count: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aimed_faults_hit_the_nth_matching_call_only() {
+        let h = FaultHandle::default();
+        h.update(|f| {
+            f.aimed.push(
+                AimedFault::new("SYNO.FileStation.Upload", FaultAction::Code(416))
+                    .name_contains(".002")
+                    .nth(2),
+            );
+        });
+        let call = |api: &'static str, name: &str| CallInfo {
+            api: Some(api),
+            method: Some("upload"),
+            names: vec![name.to_owned()],
+        };
+        let got: Vec<bool> = [
+            call("SYNO.FileStation.Upload", "a.002.partial"),
+            call("SYNO.FileStation.Upload", "a.001.partial"),
+            call("SYNO.FileStation.Rename", "a.002.partial"),
+            call("SYNO.FileStation.Upload", "a.002.partial"),
+            call("SYNO.FileStation.Upload", "a.002.partial"),
+        ]
+        .iter()
+        .map(|c| !h.aimed_at(c).is_empty())
+        .collect();
+        assert_eq!(got, [false, false, false, true, false]);
+        assert_eq!(h.aimed_hits(), 1);
+    }
+
+    #[test]
+    fn transfers_pass_up_to_the_hold_point() {
+        let h = FaultHandle::default();
+        h.update(|f| f.hold_uploads_at = Some(10));
+        assert_eq!(h.pass(true, 6), 6);
+        assert_eq!(h.pass(true, 6), 4);
+        assert_eq!(h.pass(true, 6), 0);
+        assert_eq!(h.pass(false, 100), 100);
+        assert_eq!(h.uploaded_bytes(), 18);
+    }
 
     #[test]
     fn every_nth_request_fails_and_counters_restart_on_change() {

@@ -69,7 +69,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{DEFAULT_LIST_PAGE, EmulatorConfig};
 pub use error::Error;
-pub use faults::{DEFAULT_BUSY_CODE, FaultHandle, Faults};
+pub use faults::{AimedFault, DEFAULT_BUSY_CODE, FaultAction, FaultHandle, Faults};
 pub use log::LoggedRequest;
 
 use crate::{secret::Secret, totp::Totp};

@@ -25,8 +25,10 @@ use super::{
     api_info::{self, ApiDesc},
     auth::{Credentials, SidSource},
     body::{self, BodyStats, Limits, Trip},
-    conn::ConnMeta,
-    download, files,
+    conn::{ConnMeta, KillSwitch},
+    download,
+    faults::{CallInfo, FaultAction},
+    files,
     log::{LoggedRequest, masked_params},
     params::Params,
     reply::{ApiResult, Fail, code, envelope, http_error, json_response},
@@ -67,6 +69,7 @@ struct Call {
     params: Params,
     creds: Credentials,
     peer: IpAddr,
+    kill: KillSwitch,
 }
 
 async fn handle(
@@ -141,6 +144,7 @@ async fn serve(
             None
         },
         kill: conn.kill.clone(),
+        hold: multipart.then(|| shared.faults.clone()),
     };
     let body = body::guard(body, limits, Arc::clone(stats));
     let mut call = Call {
@@ -148,6 +152,7 @@ async fn serve(
         params,
         creds: credentials(&parts.headers),
         peer: conn.peer.ip(),
+        kill: conn.kill.clone(),
     };
     let response = if multipart {
         if shared.strict_content_length && declared.is_none() {
@@ -349,6 +354,10 @@ async fn dispatch(
     if let Some(token) = call.params.string("SynoToken") {
         call.creds.token = Some(token);
     }
+    let corrupt = match aimed_faults(shared, call, file.as_mut(), rec).await {
+        Ok(corrupt) => corrupt,
+        Err(response) => return response,
+    };
     let checked = check_call(shared, call);
     let (api, method, version) = match checked {
         Ok(found) => found,
@@ -366,13 +375,13 @@ async fn dispatch(
         ("SYNO.API.Auth", "login") => login(shared, call, rec),
         ("SYNO.API.Auth", _) => api_reply(rec, shared.auth.logout(&call.creds)),
         ("SYNO.FileStation.Download", _) => {
-            let (response, len) = download::download(shared, &call.params).await;
+            let (response, len) = download::download(shared, &call.params, corrupt).await;
             rec.bytes_out = len;
             response
         }
         ("SYNO.FileStation.Upload", _) => {
             let result = match file {
-                Some(field) => upload::upload(shared, &call.params, version, field).await,
+                Some(field) => upload::upload(shared, &call.params, version, field, corrupt).await,
                 None => Err(Fail::new(code::UPLOAD_NO_FILENAME)),
             };
             api_reply(rec, result)
@@ -382,6 +391,69 @@ async fn dispatch(
             api_reply(rec, result)
         }
     }
+}
+
+/// Applies the aimed faults that hit this call. `Err` is the answer to
+/// send instead of serving it; `Ok(true)` means "corrupt the stored or
+/// served bytes".
+async fn aimed_faults(
+    shared: &Shared,
+    call: &Call,
+    file: Option<&mut axum::extract::multipart::Field<'_>>,
+    rec: &mut Record,
+) -> Result<bool, Response> {
+    let mut names: Vec<String> = ["path", "file_path", "name", "dest_folder_path"]
+        .iter()
+        .filter_map(|key| call.params.string(key))
+        .collect();
+    if let Some(name) = file.as_ref().and_then(|f| f.file_name()) {
+        names.push(name.to_owned());
+    }
+    let actions = shared.faults.aimed_at(&CallInfo {
+        api: rec.api.as_deref(),
+        method: rec.method.as_deref(),
+        names,
+    });
+    let mut corrupt = false;
+    let mut file = file;
+    for action in actions {
+        match action {
+            FaultAction::Delay(delay) => {
+                rec.fault = Some("aimed_delay");
+                tokio::time::sleep(delay).await;
+            }
+            FaultAction::ExpireSessions => {
+                rec.fault = Some("aimed_expire_sessions");
+                shared.auth.drop_sessions();
+            }
+            FaultAction::Corrupt => {
+                rec.fault = Some("aimed_corrupt");
+                corrupt = true;
+            }
+            FaultAction::Drop => {
+                rec.fault = Some("aimed_drop");
+                call.kill.kill();
+                return Err(http_error(StatusCode::BAD_GATEWAY));
+            }
+            FaultAction::Http(status) => {
+                rec.fault = Some("aimed_http");
+                if let Some(field) = file.as_mut() {
+                    upload::drain(field).await;
+                }
+                return Err(http_error(
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                ));
+            }
+            FaultAction::Code(code) => {
+                rec.fault = Some("aimed_code");
+                if let Some(field) = file.as_mut() {
+                    upload::drain(field).await;
+                }
+                return Err(api_reply(rec, Err(Fail::new(code))));
+            }
+        }
+    }
+    Ok(corrupt)
 }
 
 /// Validates api, version and method (101–104), then the session (106,

@@ -78,6 +78,7 @@ pub(crate) async fn upload(
     params: &Params,
     version: u32,
     mut field: Field<'_>,
+    flip: bool,
 ) -> ApiResult {
     let target = match prepare(shared, params, version, &field) {
         Ok(Some(target)) => target,
@@ -115,7 +116,7 @@ pub(crate) async fn upload(
         .await
         .map_err(|_| Fail::new(code::IO))?;
     temp.keep = true;
-    if shared.faults.take_corrupt_upload() {
+    if flip || shared.faults.take_corrupt_upload() {
         corrupt(&target.file).await;
     }
     Ok(Some(

@@ -1644,3 +1644,230 @@ fn cli_prints_its_url_and_stops_on_sigterm() {
     let exit = child.0.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+// ---------------------------------------------------------------- aimed faults and hold points
+
+fn aimed(api: &str, action: synback::emulator::FaultAction) -> synback::emulator::AimedFault {
+    synback::emulator::AimedFault::new(api, action)
+}
+
+#[tokio::test]
+async fn aimed_code_hits_only_the_nth_matching_upload() {
+    use synback::emulator::FaultAction;
+    let nas = start().await;
+    let sid = nas.login().await;
+    nas.emu.faults().update(|f| {
+        f.aimed.push(
+            aimed("SYNO.FileStation.Upload", FaultAction::Code(416))
+                .name_contains(".002")
+                .nth(2),
+        );
+    });
+    let up =
+        |name: &'static str| nas.upload(&sid, "2", &[("path", "/backup")], name, vec![1u8; 100]);
+    assert_eq!(up("a.002").await["success"], true, "1st match passes");
+    assert_eq!(up("a.001").await["success"], true, "no match");
+    let v = up("b.002").await;
+    assert_eq!(code(&v), Some(416), "2nd match gets the code: {v}");
+    assert!(!nas.share().join("b.002").exists(), "nothing stored");
+    assert_eq!(up("c.002").await["success"], true, "times = 1 by default");
+    let log = nas.emu.request_log();
+    assert_eq!(
+        log.iter()
+            .filter(|r| r.fault.as_deref() == Some("aimed_code"))
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn aimed_http_status_drop_and_delay_hit_a_method() {
+    use synback::emulator::FaultAction;
+    let nas = start().await;
+    let sid = nas.login().await;
+    nas.upload(&sid, "2", &[("path", "/backup")], "f", vec![2u8; 10])
+        .await;
+    let rename = |to: &'static str, from: &'static str| {
+        let nas = &nas;
+        let sid = sid.clone();
+        async move {
+            nas.http
+                .post(nas.endpoint("entry.cgi"))
+                .form(&[
+                    ("api", "SYNO.FileStation.Rename"),
+                    ("version", "2"),
+                    ("method", "rename"),
+                    ("path", from),
+                    ("name", to),
+                    ("_sid", &sid),
+                ])
+                .send()
+                .await
+        }
+    };
+    nas.emu.faults().update(|f| {
+        f.aimed.push(
+            aimed("SYNO.FileStation.Rename", FaultAction::Http(502))
+                .method("rename")
+                .times(Some(2)),
+        );
+    });
+    for _ in 0..2 {
+        assert_eq!(rename("g", "/backup/f").await.unwrap().status(), 502);
+    }
+    assert!(
+        nas.share().join("f").exists(),
+        "a refused rename did nothing"
+    );
+    nas.emu.faults().update(|f| {
+        f.aimed = vec![aimed("SYNO.FileStation.Rename", FaultAction::Drop)];
+    });
+    assert!(
+        rename("g", "/backup/f").await.is_err(),
+        "the connection is cut without an answer"
+    );
+    nas.emu.faults().update(|f| {
+        f.aimed = vec![aimed(
+            "SYNO.FileStation.Rename",
+            FaultAction::Delay(Duration::from_millis(300)),
+        )];
+    });
+    let started = Instant::now();
+    let resp = rename("g", "/backup/f").await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["success"], true, "a delayed call is still served: {v}");
+    assert!(nas.share().join("g").exists());
+}
+
+#[tokio::test]
+async fn aimed_expire_sessions_gets_119_and_logs_out_everyone() {
+    use synback::emulator::FaultAction;
+    let nas = start().await;
+    let sid = nas.login().await;
+    nas.emu.faults().update(|f| {
+        f.aimed = vec![aimed("SYNO.FileStation.List", FaultAction::ExpireSessions)];
+    });
+    let v = nas
+        .api(&sid, "SYNO.FileStation.List", "2", "list_share", &[])
+        .await;
+    assert!(matches!(code(&v), Some(106 | 119)), "{v}");
+    let v = nas
+        .api(&sid, "SYNO.FileStation.List", "2", "list_share", &[])
+        .await;
+    assert!(
+        matches!(code(&v), Some(106 | 119)),
+        "the session stays lost"
+    );
+    let sid = nas.login().await;
+    let v = nas
+        .api(&sid, "SYNO.FileStation.List", "2", "list_share", &[])
+        .await;
+    assert_eq!(v["success"], true, "a new login works: {v}");
+}
+
+#[tokio::test]
+async fn aimed_corrupt_flips_a_stored_upload_and_a_served_download() {
+    use synback::emulator::FaultAction;
+    let nas = start().await;
+    let sid = nas.login().await;
+    let data = vec![7u8; 50_000];
+    nas.emu.faults().update(|f| {
+        f.aimed = vec![
+            aimed("SYNO.FileStation.Upload", FaultAction::Corrupt).name_contains("bad"),
+            aimed("SYNO.FileStation.Download", FaultAction::Corrupt),
+        ];
+    });
+    let v = nas
+        .upload(&sid, "2", &[("path", "/backup")], "good", data.clone())
+        .await;
+    assert_eq!(v["success"], true);
+    let v = nas
+        .upload(&sid, "2", &[("path", "/backup")], "bad", data.clone())
+        .await;
+    assert_eq!(v["success"], true, "the upload looks fine");
+    assert_eq!(std::fs::read(nas.share().join("good")).unwrap(), data);
+    assert_ne!(std::fs::read(nas.share().join("bad")).unwrap(), data);
+    let download = || async {
+        nas.http
+            .get(nas.endpoint("entry.cgi"))
+            .query(&[
+                ("api", "SYNO.FileStation.Download"),
+                ("version", "2"),
+                ("method", "download"),
+                ("mode", "download"),
+                ("path", "/backup/good"),
+                ("_sid", &sid),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+    };
+    let first = download().await;
+    assert_eq!(first.len(), data.len());
+    assert_ne!(first.as_ref(), data.as_slice(), "1st download corrupted");
+    assert_eq!(download().await.as_ref(), data.as_slice(), "then clean");
+    assert_eq!(std::fs::read(nas.share().join("good")).unwrap(), data);
+}
+
+#[tokio::test]
+async fn hold_points_stall_uploads_and_downloads_at_a_byte_offset() {
+    let nas = start().await;
+    let sid = nas.login().await;
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    nas.upload(&sid, "2", &[("path", "/backup")], "src", data.clone())
+        .await;
+    let faults = nas.emu.faults();
+    faults.update(|f| f.hold_uploads_at = Some(100_000));
+    let nas = std::sync::Arc::new(nas);
+    let upload = {
+        let nas = std::sync::Arc::clone(&nas);
+        let sid = sid.clone();
+        let data = data.clone();
+        tokio::spawn(async move {
+            nas.upload(&sid, "2", &[("path", "/backup")], "held", data)
+                .await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !faults.is_holding() {
+        assert!(Instant::now() < deadline, "the upload was never held");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(faults.uploaded_bytes().min(100_000), 100_000);
+    assert!(!upload.is_finished(), "the client is stalled");
+    assert!(!nas.share().join("held").exists());
+    faults.clear();
+    let _ = upload.await;
+    assert!(!faults.is_holding());
+
+    faults.update(|f| f.hold_downloads_at = Some(123_456));
+    let resp = nas
+        .http
+        .get(nas.endpoint("entry.cgi"))
+        .query(&[
+            ("api", "SYNO.FileStation.Download"),
+            ("version", "2"),
+            ("method", "download"),
+            ("mode", "download"),
+            ("path", "/backup/src"),
+            ("_sid", &sid),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    let mut got = 0usize;
+    use futures_util::StreamExt;
+    while got < 123_456 {
+        got += body.next().await.unwrap().unwrap().len();
+    }
+    assert_eq!(got, 123_456, "exactly the bytes before the hold point");
+    assert!(faults.is_holding());
+    let more = tokio::time::timeout(Duration::from_millis(200), body.next()).await;
+    assert!(more.is_err(), "nothing more arrives while held");
+}

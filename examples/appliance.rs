@@ -133,9 +133,7 @@ fn toml_string(text: &str) -> String {
 
 async fn run(settings: Settings) -> u8 {
     // The library reads no environment variables: hand it the one it needs.
-    let env = ConfigEnv::from_vars(
-        std::env::vars().filter(|(name, _)| name == "SYNBACK_PASSWORD"),
-    );
+    let env = ConfigEnv::from_vars(std::env::vars().filter(|(name, _)| name == "SYNBACK_PASSWORD"));
     let config = match Config::from_toml_str(&config_text(&settings), "appliance.toml", &env) {
         Ok(c) => c,
         Err(err) => {
@@ -183,7 +181,11 @@ async fn run(settings: Settings) -> u8 {
     }
 }
 
-async fn backup_and_check(agent: &Agent, job: &str, cancel: CancellationToken) -> Result<(), Error> {
+async fn backup_and_check(
+    agent: &Agent,
+    job: &str,
+    cancel: CancellationToken,
+) -> Result<(), Error> {
     let report = agent.backup(job, cancel.clone()).await?;
     println!(
         "backup done: {} ({} files, {} bytes read, {} bytes stored in {} volume(s))",
@@ -198,7 +200,12 @@ async fn backup_and_check(agent: &Agent, job: &str, cancel: CancellationToken) -
         println!("on the NAS: {}", snapshot.id);
     }
     let check = agent
-        .verify(job, &Selector::Id(report.snapshot.clone()), VerifyMode::Quick, cancel)
+        .verify(
+            job,
+            &Selector::Id(report.snapshot.clone()),
+            VerifyMode::Quick,
+            cancel,
+        )
         .await?;
     println!("verified: {} ({})", check.snapshot, check.summary());
     Ok(())

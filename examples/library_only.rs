@@ -3,10 +3,12 @@
 //!
 //! ```text
 //! SYNBACK_URL=... SYNBACK_USER=... SYNBACK_PASSWORD=... \
-//! library_only SOURCE_DIR STATE_DIR RESTORE_DIR [--log]
+//! library_only SOURCE_DIR STATE_DIR RESTORE_DIR [--log] [--path FOLDER]
 //! ```
 //!
-//! The exit code is the result (synback's codes, see the README). With
+//! Snapshots go to `/backup/FOLDER/quiet/` (default FOLDER: `embedded`).
+//! The exit code is the result (synback's codes, see the README); only a
+//! failure is reported, on stderr. With
 //! `--log`, the program installs its own tracing subscriber, which writes
 //! the library's log events to stderr: the library logs through `tracing`
 //! and never prints by itself. A test runs both ways and checks that
@@ -34,21 +36,30 @@ fn main() -> ExitCode {
     let Ok(runtime) = tokio::runtime::Runtime::new() else {
         return ExitCode::from(exit::FAILED);
     };
-    match runtime.block_on(run(&source, &state, &restore_to)) {
+    let folder = args
+        .iter()
+        .position(|a| a == "--path")
+        .and_then(|i| args.get(i + 1))
+        .map_or("embedded", String::as_str);
+    match runtime.block_on(run(&source, &state, &restore_to, folder)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => ExitCode::from(err.exit_code()),
+        Err(err) => {
+            eprintln!("library_only: {}", synback::error_chain(&err));
+            ExitCode::from(err.exit_code())
+        }
     }
 }
 
-async fn run(source: &str, state: &str, restore_to: &str) -> Result<(), Error> {
+async fn run(source: &str, state: &str, restore_to: &str, folder: &str) -> Result<(), Error> {
     let text = format!(
         "[nas]\nurl = {url}\nuser = {user}\npassword_env = \"SYNBACK_PASSWORD\"\n\
          [state]\ndir = {state}\n\
-         [[job]]\nname = \"quiet\"\nsources = [{source}]\nshare = \"backup\"\npath = \"embedded\"\n",
+         [[job]]\nname = \"quiet\"\nsources = [{source}]\nshare = \"backup\"\npath = {folder}\n",
         url = quoted(&std::env::var("SYNBACK_URL").unwrap_or_default()),
         user = quoted(&std::env::var("SYNBACK_USER").unwrap_or_default()),
         state = quoted(state),
         source = quoted(source),
+        folder = quoted(folder),
     );
     let env = ConfigEnv::from_vars(std::env::vars().filter(|(k, _)| k == "SYNBACK_PASSWORD"));
     let agent = Agent::new(Config::from_toml_str(&text, "embedded.toml", &env)?);
@@ -60,7 +71,9 @@ async fn run(source: &str, state: &str, restore_to: &str) -> Result<(), Error> {
         .await?;
     let mut opts = RestoreOptions::default();
     opts.target_dir = restore_to.into();
-    agent.restore("quiet", &selector, opts, None, cancel).await?;
+    agent
+        .restore("quiet", &selector, opts, None, cancel)
+        .await?;
     Ok(())
 }
 

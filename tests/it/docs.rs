@@ -120,3 +120,186 @@ fn the_key_parsers_read_sections_and_commented_keys() {
     let keys: Vec<_> = documented_keys(doc).into_iter().collect();
     assert_eq!(keys, ["job.lock.stale_after", "nas.url"]);
 }
+
+/// The mount targets of the compose service: "- host:target[:mode]" lines
+/// under `volumes:`, as (target, read_only).
+fn compose_mounts(text: &str) -> Vec<(String, bool)> {
+    let mut mounts = Vec::new();
+    let mut in_volumes = false;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || trimmed.is_empty() {
+            continue;
+        }
+        let indent = line.len() - line.trim_start().len();
+        if trimmed == "volumes:" && indent > 0 {
+            in_volumes = true;
+            continue;
+        }
+        if in_volumes {
+            let Some(entry) = trimmed.strip_prefix("- ") else {
+                in_volumes = false;
+                continue;
+            };
+            let parts: Vec<&str> = entry.trim_matches('"').split(':').collect();
+            if parts.len() >= 2 {
+                mounts.push((parts[1].to_owned(), parts.get(2) == Some(&"ro")));
+            }
+        }
+    }
+    mounts
+}
+
+#[test]
+fn the_compose_example_mounts_the_dockerfile_volumes() {
+    let dockerfile = read("deploy/docker/Dockerfile");
+    let volume_line = dockerfile
+        .lines()
+        .find(|l| l.starts_with("VOLUME "))
+        .expect("a VOLUME line");
+    let volumes: Vec<String> =
+        serde_json::from_str(volume_line.trim_start_matches("VOLUME ")).unwrap();
+    assert_eq!(volumes, ["/config", "/state", "/data"]);
+
+    let mounts = compose_mounts(&read("deploy/docker/compose.yaml"));
+    for volume in &volumes {
+        assert!(
+            mounts
+                .iter()
+                .any(|(t, _)| t == volume || t.starts_with(&format!("{volume}/"))),
+            "compose.yaml mounts nothing at or below {volume}: {mounts:?}"
+        );
+    }
+    for (target, read_only) in &mounts {
+        assert!(
+            volumes
+                .iter()
+                .any(|v| target == v || target.starts_with(&format!("{v}/"))),
+            "compose.yaml mounts {target}, which is no VOLUME of the Dockerfile"
+        );
+        let must_be_ro = target == "/config" || target.starts_with("/data/");
+        assert_eq!(*read_only, must_be_ro, "{target} read-only");
+    }
+
+    // The entry point reads the config from the /config volume, as a
+    // non-root user, and the sample config it points to is valid TOML
+    // using the volumes.
+    assert!(dockerfile.contains(
+        r#"ENTRYPOINT ["/usr/local/bin/synback", "--config", "/config/synback.toml", "--log-format", "json"]"#
+    ));
+    assert!(dockerfile.contains("CMD [\"daemon\"]"));
+    let user = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .unwrap();
+    assert!(user != "root" && user != "0", "runs as {user}");
+    assert!(dockerfile.contains("HEALTHCHECK"));
+    let sample: toml::Value = toml::from_str(&read("deploy/docker/synback.example.toml")).unwrap();
+    assert_eq!(sample["state"]["dir"].as_str(), Some("/state"));
+    for source in sample["job"][0]["sources"].as_array().unwrap() {
+        assert!(source.as_str().unwrap().starts_with("/data/"), "{source}");
+    }
+}
+
+#[test]
+fn compose_mounts_are_read_from_the_service_volumes_only() {
+    let text = "services:\n  s:\n    volumes:\n      - ./c:/config:ro\n      # - /x:/y\n      - st:/state\n    secrets:\n      - pw\nvolumes:\n  st:\n";
+    assert_eq!(
+        compose_mounts(text),
+        [("/config".to_owned(), true), ("/state".to_owned(), false)]
+    );
+}
+
+fn have(tool: &str) -> bool {
+    std::process::Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn the_home_assistant_options_become_a_valid_config() {
+    if !have("jq") {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "jq is needed in CI"
+        );
+        eprintln!("skipped: no jq on this machine");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    for folder in ["config", "share", "ssl", "addons"] {
+        std::fs::create_dir_all(root.join(folder)).unwrap();
+    }
+    let out = dir.path().join("data");
+    let options = serde_json::json!({
+        "nas_url": "https://nas.local:5001",
+        "nas_user": "backup",
+        "nas_password": "pa\"ss word",
+        "pin_sha256": "",
+        "share": "backup",
+        "path": "homeassistant",
+        "job": "ha",
+        "folders": ["config", "share", "ssl"],
+        "excludes": ["**/*.db-wal", "**/tts/**"],
+        "schedule": "30 2 * * *",
+        "timezone": "",
+        "keep_last": 0,
+        "keep_daily": 7,
+        "keep_weekly": 4,
+        "keep_monthly": 12,
+        "keep_yearly": 0,
+        "encryption_recipient": "age137yt6tlp2jztgh4qwezmdc8q9e583ycyz8ua87wh9z7qv0p8jg2qalvssc",
+        "volume_size": "512MiB"
+    });
+    let options_path = dir.path().join("options.json");
+    std::fs::write(&options_path, options.to_string()).unwrap();
+    let status =
+        std::process::Command::new(repo_file("deploy/homeassistant/synback/gen-config.sh"))
+            .arg(&options_path)
+            .arg(&out)
+            .env("SYNBACK_SOURCE_ROOT", &root)
+            .status()
+            .unwrap();
+    assert!(status.success());
+
+    let config_path = out.join("synback.toml");
+    let check = assert_cmd::Command::cargo_bin("synback")
+        .unwrap()
+        .args(["--config", config_path.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+
+    let config =
+        synback::config::Config::load(&config_path, &synback::config::ConfigEnv::new()).unwrap();
+    assert_eq!(config.nas.password.expose(), "pa\"ss word");
+    assert_eq!(config.nas.user, "backup");
+    assert_eq!(config.state_dir, out.join("state"));
+    let job = config.job("ha").unwrap();
+    assert_eq!(
+        job.sources,
+        [root.join("config"), root.join("share"), root.join("ssl")]
+    );
+    assert_eq!(
+        (job.share.as_str(), job.path.as_str()),
+        ("backup", "homeassistant")
+    );
+    assert_eq!(job.volume_size, 512 * 1024 * 1024);
+    assert_eq!(job.retention.keep_daily, Some(7));
+    assert_eq!(job.retention.keep_last, None);
+    assert_eq!(job.encryption.as_ref().unwrap().recipients.len(), 1);
+    let toml_text = std::fs::read_to_string(&config_path).unwrap();
+    assert!(
+        !toml_text.contains("pa\\\"ss"),
+        "the password stays out of the TOML"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(out.join("nas-password"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o077, 0, "password file mode {mode:o}");
+}

@@ -150,17 +150,21 @@ async fn run(settings: Settings) -> u8 {
         }
     });
 
+    // The "stop" button: here a timer.
     let cancel = CancellationToken::new();
-    if let Some(after) = settings.cancel_after {
+    let stop_button = settings.cancel_after.map(|after| {
         let stop = cancel.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
             println!("[user] stop pressed");
             stop.cancel();
-        });
-    }
+        })
+    });
 
     let outcome = backup_and_check(&agent, &settings.job, cancel.clone()).await;
+    if let Some(button) = stop_button {
+        button.abort();
+    }
     // The agent holds the event sender: drop it so the screen task ends
     // after the last event.
     drop(agent);

@@ -303,3 +303,93 @@ fn the_home_assistant_options_become_a_valid_config() {
     );
     assert_eq!(mode & 0o077, 0, "password file mode {mode:o}");
 }
+
+/// Runs the Docker health check against a one-shot server answering
+/// `status`, or against a closed port when `status` is `None`.
+fn healthcheck(status: Option<u16>) -> bool {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = match status {
+        None => {
+            drop(listener);
+            None
+        }
+        Some(code) => Some(std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let n = conn.read(&mut request).unwrap();
+            let request = String::from_utf8_lossy(&request[..n]).into_owned();
+            write!(conn, "HTTP/1.0 {code} X\r\nContent-Length: 0\r\n\r\n").unwrap();
+            request
+        })),
+    };
+    let ok = std::process::Command::new(repo_file("deploy/docker/healthcheck.sh"))
+        .env("SYNBACK_STATUS_PORT", port.to_string())
+        .status()
+        .unwrap()
+        .success();
+    if let Some(server) = server {
+        let request = server.join().unwrap();
+        assert!(
+            request.starts_with("GET /healthz HTTP/1.0\r\n"),
+            "{request}"
+        );
+    }
+    ok
+}
+
+#[test]
+fn the_docker_health_check_follows_healthz() {
+    if !have("bash") {
+        eprintln!("skipped: no bash on this machine");
+        return;
+    }
+    assert!(healthcheck(Some(200)));
+    assert!(!healthcheck(Some(503)));
+    // No status listener configured: only the process being up counts.
+    assert!(healthcheck(None));
+}
+
+/// The keys one level below a top-level `block:` of a simple YAML file.
+fn yaml_block_keys(text: &str, block: &str) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        if !line.starts_with(' ') {
+            inside = line.trim_end() == format!("{block}:");
+            continue;
+        }
+        if inside && line.starts_with("  ") && !line.starts_with("   ") {
+            if let Some((key, _)) = line.trim().split_once(':') {
+                if !key.starts_with('-') {
+                    keys.insert(key.to_owned());
+                }
+            }
+        }
+    }
+    keys
+}
+
+#[test]
+fn every_add_on_option_has_a_schema_and_reaches_the_config() {
+    let config = read("deploy/homeassistant/synback/config.yaml");
+    let options = yaml_block_keys(&config, "options");
+    let schema = yaml_block_keys(&config, "schema");
+    assert!(options.len() >= 15, "{options:?}");
+    assert_eq!(options, schema, "options and schema list other keys");
+    let generator = read("deploy/homeassistant/synback/gen-config.sh");
+    for option in &options {
+        let used = generator.contains(&format!(".{option}"))
+            || generator.contains(&format!("\"{option}\""));
+        assert!(used, "gen-config.sh ignores the option {option}");
+    }
+    for folder in ["config:ro", "share:ro", "ssl:ro", "addons:ro"] {
+        assert!(config.contains(&format!("  - {folder}\n")), "map {folder}");
+    }
+    assert!(config.contains("ingress: true\ningress_port: 9105\n"));
+    assert!(generator.contains("status_listen = \\\"0.0.0.0:9105\\\""));
+}

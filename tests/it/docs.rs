@@ -317,9 +317,18 @@ fn healthcheck(status: Option<u16>) -> bool {
         }
         Some(code) => Some(std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
-            let mut request = [0u8; 1024];
-            let n = conn.read(&mut request).unwrap();
-            let request = String::from_utf8_lossy(&request[..n]).into_owned();
+            // Read the whole request: closing with unread bytes would
+            // reset the connection and lose the answer.
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = conn.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+            }
+            let request = String::from_utf8_lossy(&request).into_owned();
             write!(conn, "HTTP/1.0 {code} X\r\nContent-Length: 0\r\n\r\n").unwrap();
             request
         })),

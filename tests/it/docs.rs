@@ -402,3 +402,69 @@ fn every_add_on_option_has_a_schema_and_reaches_the_config() {
     assert!(config.contains("ingress: true\ningress_port: 9105\n"));
     assert!(generator.contains("status_listen = \\\"0.0.0.0:9105\\\""));
 }
+
+/// The commands of docs/RESTORE.md ("Without synback"), run on a
+/// multi-volume snapshot synback stored on the emulator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_restore_without_synback_commands_work() {
+    if !(have("jq") && have("zstd") && have("sha256sum")) {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "jq, zstd and sha256sum are needed in CI"
+        );
+        eprintln!("skipped: needs jq, zstd and sha256sum");
+        return;
+    }
+    let doc = read("docs/RESTORE.md");
+    let check =
+        r#"jq -r '.volumes[] | "\(.sha256)  \(.name)"' "$id.manifest.json" | sha256sum -c -"#;
+    let extract = r#"cat "$id".tar.zst.[0-9][0-9][0-9] | zstd -d | tar -x -C /srv/restore"#;
+    assert!(doc.contains(check) && doc.contains(extract));
+
+    let world = crate::support::World::new("volume_size = \"1MiB\"").await;
+    let report = world
+        .agent()
+        .backup("home", tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(report.volumes.len() > 1);
+    let out = world.dir.path().join("by-hand");
+    std::fs::create_dir_all(&out).unwrap();
+    let script = format!(
+        "set -eu\nid={id}\n{check}\n{extract}\n\
+         test \"$(cat \"$id\".tar.zst.[0-9][0-9][0-9] | sha256sum | cut -d' ' -f1)\" = \"$(jq -r .archive.sha256 \"$id.manifest.json\")\"\n",
+        id = report.snapshot,
+        extract = extract.replace("/srv/restore", out.to_str().unwrap()),
+    );
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(world.job_dir())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{script}\n{output:?}");
+    let checked = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        checked.matches(": OK").count(),
+        report.volumes.len(),
+        "{checked}"
+    );
+    let diffs = crate::support::tree_diff(&world.source, &out.join("data"), &|_| false);
+    assert!(diffs.is_empty(), "{diffs:?}");
+
+    // A damaged volume fails the check.
+    let first = world
+        .job_dir()
+        .join(format!("{}.tar.zst.001", report.snapshot));
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&first, bytes).unwrap();
+    let damaged = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("id={}\n{check}", report.snapshot))
+        .current_dir(world.job_dir())
+        .output()
+        .unwrap();
+    assert!(!damaged.status.success(), "{damaged:?}");
+}

@@ -574,13 +574,14 @@ fn progress_reporter(
 ) -> impl Fn(&archive::PackProgress<'_>) + use<> {
     let events = Arc::clone(events);
     let sent = Arc::clone(sent);
-    let last = std::sync::Mutex::new(Instant::now());
+    // The first report goes out at once, so even a short run shows one.
+    let last = std::sync::Mutex::new(None::<Instant>);
     move |p: &archive::PackProgress<'_>| {
         let Ok(mut last) = last.lock() else { return };
-        if last.elapsed() < Duration::from_millis(200) {
+        if last.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
             return;
         }
-        *last = Instant::now();
+        *last = Some(Instant::now());
         events.event(Event::Progress(Progress {
             files: p.counts.files,
             bytes: p.bytes_read,

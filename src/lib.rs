@@ -23,6 +23,90 @@
 //!   notifications and status endpoint; `emulator` (feature `emulator`): a
 //!   faithful fake NAS for tests and `synback demo`.
 //!
+//! # Embedding guide
+//! An appliance (a home-automation hub, a NAS companion box) uses synback
+//! in four steps. The library prints nothing, reads no environment
+//! variables, installs no global logger or signal handler and never exits
+//! the process: all of that stays the host program's choice.
+//!
+//! 1. **Construct** an [`agent::Agent`] from a [`config::Config`], built
+//!    from TOML text with [`config::Config::from_toml_str`] (or read with
+//!    [`config::Config::load`]). The [`config::ConfigEnv`] passed in is
+//!    the whole environment the config sees (for `password_env`,
+//!    `$STATE_DIRECTORY`...).
+//! 2. **Back up with events**: [`agent::Agent::with_events`] takes any
+//!    [`event::EventSink`]; [`event::ChannelEvents`] turns the run into a
+//!    stream of [`event::Event`]s (phases, throttled [`event::Progress`]
+//!    with files, bytes and the current path, stored volumes, retries,
+//!    per-file warnings) for a progress screen.
+//! 3. **Cancel** with a [`tokio_util::sync::CancellationToken`]: the run
+//!    stops, removes what it uploaded and releases the NAS lock before
+//!    [`agent::Agent::backup`] returns. Never drop the future instead.
+//! 4. **Map errors** to the appliance's UI: [`agent::Error`] is a typed
+//!    enum; [`agent::Error::exit_code`] classifies it (see [`agent::exit`]:
+//!    unreachable, refused credentials, locked, verification failed...),
+//!    [`agent::Error::hint`] gives advice when there is some, and
+//!    [`error_chain`] a one-line text with every cause.
+//!
+//! Logs go through [`tracing`]: install a subscriber to see them, or none
+//! to stay silent. `default-features = false` builds the library without
+//! clap, indicatif, axum, the daemon and the emulator.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use synback::agent::{Agent, exit};
+//! use synback::config::{Config, ConfigEnv};
+//! use synback::event::{ChannelEvents, Event};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # async fn appliance(password: String) -> Result<(), synback::config::Error> {
+//! let text = r#"
+//!     [nas]
+//!     url = "https://nas.local:5001"
+//!     user = "backup"
+//!     password_env = "NAS_PASSWORD"
+//!     [state]
+//!     dir = "/var/lib/appliance/synback"
+//!     [[job]]
+//!     name = "settings"
+//!     sources = ["/var/lib/appliance/settings"]
+//!     share = "backup"
+//!     path = "appliance"
+//! "#;
+//! let env = ConfigEnv::new().with_var("NAS_PASSWORD", password);
+//! let config = Config::from_toml_str(text, "appliance.toml", &env)?;
+//!
+//! let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+//! let agent = Agent::new(config).with_events(Arc::new(ChannelEvents(tx)));
+//! tokio::spawn(async move {
+//!     while let Some(event) = rx.recv().await {
+//!         if let Event::Progress(p) = event {
+//!             // Update the progress bar: p.files, p.bytes, p.current...
+//!             let _ = (p.files, p.bytes);
+//!         }
+//!     }
+//! });
+//!
+//! let cancel = CancellationToken::new(); // call cancel.cancel() from the "stop" button
+//! match agent.backup("settings", cancel.clone()).await {
+//!     Ok(report) => { let _ = report.snapshot; }
+//!     Err(_) if cancel.is_cancelled() => { /* nothing was kept, the lock is released */ }
+//!     Err(err) => {
+//!         let _message = match err.exit_code() {
+//!             exit::UNREACHABLE => "The NAS is offline.".to_owned(),
+//!             exit::AUTH => "The NAS refused the password.".to_owned(),
+//!             exit::LOCKED => "Another device is backing up.".to_owned(),
+//!             _ => synback::error_chain(&err),
+//!         };
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `examples/appliance.rs` is the same as a complete program, and
+//! `examples/library_only.rs` a backup, verify and restore with no output.
+//!
 //! # Example
 //! A backup into memory, then a listing, offline:
 //! ```

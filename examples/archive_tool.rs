@@ -311,7 +311,7 @@ fn gen_small_text(root: &Path, budget: u64, rng: &mut Rng) -> Res<u64> {
     let mut n = 0u64;
     while total < budget {
         let dir = root.join(format!("text/d{:03}/e{:02}", n / 2000, (n / 100) % 20));
-        if n % 100 == 0 {
+        if n.is_multiple_of(100) {
             fs::create_dir_all(&dir)?;
         }
         let len = (200 + rng.below(16 * 1024 - 200)).min(budget - total) as usize;

@@ -190,14 +190,13 @@ impl Error {
 
     /// Advice for the person reading the error, when there is any.
     pub fn hint(&self) -> Option<String> {
-        if let Error::Restore(e) = self {
-            if let restore::Error::Archive(a) = e.as_ref() {
-                if a.to_string().contains("symlink points outside") {
-                    return Some(
+        if let Error::Restore(e) = self
+            && let restore::Error::Archive(a) = e.as_ref()
+            && a.to_string().contains("symlink points outside")
+        {
+            return Some(
                         "the snapshot holds absolute symlinks; restore with --allow-external-symlinks to recreate them as links".to_owned(),
                     );
-                }
-            }
         }
         if let Some(advice) = find_target(self).and_then(storage_advice) {
             return Some(advice.to_owned());

@@ -317,14 +317,10 @@ pub async fn read_all(
     let pump = async move {
         let mut total = 0u64;
         for volume in &volumes {
-            let delivered = fetch_checked(pump_target.as_ref(), volume, async |chunk| {
-                tx.send(Ok(chunk)).await.is_ok()
-            })
-            .await;
-            match delivered {
-                Ok(Fetched::Complete(size)) => total += size,
+            match pump_volume(pump_target.as_ref(), volume, &tx).await {
+                Ok(Some(size)) => total += size,
                 // The lister stopped; its error says why.
-                Ok(Fetched::Stopped) => break,
+                Ok(None) => break,
                 Err(err) => {
                     let reason = format!("volume {} is corrupt", volume.name);
                     let _ = tx.send(Err(io::Error::other(reason))).await;
@@ -470,62 +466,68 @@ async fn download_verified(
         .map_err(io_err)?
         .into_parts();
     let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
-    let mut write_error = None;
-    let fetched = fetch_checked(target, volume, async |chunk| {
-        match out.write_all(&chunk).await {
-            Ok(()) => true,
-            Err(err) => {
-                write_error = Some(err);
-                false
-            }
-        }
-    })
-    .await?;
-    match (fetched, write_error) {
-        (_, Some(err)) => return Err(io_err(err)),
-        (Fetched::Stopped, None) => {
-            return Err(Error::Internal(
-                "a volume download stopped by itself".into(),
-            ));
-        }
-        (Fetched::Complete(_), None) => {}
+    let mut download = CheckedDownload::start(target, volume).await?;
+    while let Some(chunk) = download.next().await? {
+        out.write_all(&chunk).await.map_err(io_err)?;
     }
     out.flush().await.map_err(io_err)?;
     Ok(path)
 }
 
-/// How a checked download ended.
-enum Fetched {
-    /// Every byte arrived and matched the manifest's size and SHA-256.
-    Complete(u64),
-    /// The consumer stopped taking bytes; nothing was checked.
-    Stopped,
-}
-
-/// Downloads one volume, handing each chunk to `deliver` as it arrives (it
-/// returns false to stop), and checks size and SHA-256 against the manifest
-/// once the last byte is in.
-async fn fetch_checked(
+/// Sends one volume's bytes down `tx` as they arrive, checked like any
+/// download. Returns its size, or `None` when the receiver went away.
+async fn pump_volume(
     target: &dyn Target,
     volume: &ManifestVolume,
-    mut deliver: impl AsyncFnMut(bytes::Bytes) -> bool,
-) -> Result<Fetched, Error> {
-    let mut stream = target.get(&volume.name).await?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Error::Corrupt {
-            name: volume.name.clone(),
-            what: format!("download failed: {e}"),
-        })?;
-        hasher.update(&chunk);
-        size += chunk.len() as u64;
-        if !deliver(chunk).await {
-            return Ok(Fetched::Stopped);
+    tx: &tokio::sync::mpsc::Sender<io::Result<bytes::Bytes>>,
+) -> Result<Option<u64>, Error> {
+    let mut download = CheckedDownload::start(target, volume).await?;
+    while let Some(chunk) = download.next().await? {
+        if tx.send(Ok(chunk)).await.is_err() {
+            return Ok(None);
         }
     }
-    check_digest(&volume.name, volume, (hex::encode(hasher.finalize()), size))?;
-    Ok(Fetched::Complete(size))
+    Ok(Some(download.size))
+}
+
+/// One volume's download, hashed as it streams: the end of the stream is
+/// reported only after size and SHA-256 matched the manifest.
+struct CheckedDownload<'v> {
+    volume: &'v ManifestVolume,
+    stream: crate::repo::target::GetStream,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<'v> CheckedDownload<'v> {
+    async fn start(target: &dyn Target, volume: &'v ManifestVolume) -> Result<Self, Error> {
+        Ok(Self {
+            volume,
+            stream: target.get(&volume.name).await?,
+            hasher: Sha256::new(),
+            size: 0,
+        })
+    }
+
+    /// The next chunk; `Ok(None)` once every byte arrived and matched.
+    async fn next(&mut self) -> Result<Option<bytes::Bytes>, Error> {
+        match self.stream.next().await {
+            Some(Ok(chunk)) => {
+                self.hasher.update(&chunk);
+                self.size += chunk.len() as u64;
+                Ok(Some(chunk))
+            }
+            Some(Err(e)) => Err(Error::Corrupt {
+                name: self.volume.name.clone(),
+                what: format!("download failed: {e}"),
+            }),
+            None => {
+                let digest = hex::encode(std::mem::take(&mut self.hasher).finalize());
+                check_digest(&self.volume.name, self.volume, (digest, self.size))?;
+                Ok(None)
+            }
+        }
+    }
 }
 
 /// Reads volumes one after the other as they arrive from the feeder.

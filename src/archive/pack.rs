@@ -319,13 +319,13 @@ fn finish_stream(tar: TarWriter<BufWriter<Encoder<'_>>>) -> Result<Splitter<'_>>
 /// Tells a sink failure (tagged by the splitter) from a zstd/age failure.
 pub(crate) fn write_error(err: io::Error, action: &'static str) -> Error {
     if err.get_ref().is_some_and(|e| e.is::<SinkFailure>()) {
-        if let Some(inner) = err.into_inner() {
-            if let Ok(failure) = inner.downcast::<SinkFailure>() {
-                return Error::Sink {
-                    index: failure.index,
-                    source: failure.source,
-                };
-            }
+        if let Some(inner) = err.into_inner()
+            && let Ok(failure) = inner.downcast::<SinkFailure>()
+        {
+            return Error::Sink {
+                index: failure.index,
+                source: failure.source,
+            };
         }
         return Error::Zstd {
             action,
@@ -526,13 +526,13 @@ impl<W: Write> Packer<'_, W> {
 
     fn pack_file(&mut self, cur: &Cursor, meta: &Metadata) -> Result<()> {
         let key = (meta.dev(), meta.ino());
-        if meta.nlink() > 1 {
-            if let Some(first) = self.links.get(&key) {
-                let first = first.clone();
-                self.header(meta, Kind::HardLink, &cur.arc, Some(&first), 0)?;
-                self.counts.hardlinks += 1;
-                return Ok(());
-            }
+        if meta.nlink() > 1
+            && let Some(first) = self.links.get(&key)
+        {
+            let first = first.clone();
+            self.header(meta, Kind::HardLink, &cur.arc, Some(&first), 0)?;
+            self.counts.hardlinks += 1;
+            return Ok(());
         }
         let file = match open_source(&cur.abs) {
             Ok(f) => f,

@@ -538,10 +538,10 @@ fn pick_job(config: &Config, job: Option<&str>, snapshot: Option<&str>) -> Resul
     if let Some(job) = job {
         return Ok(job.to_owned());
     }
-    if let Some(id) = snapshot.filter(|s| *s != "latest") {
-        if let Ok(id) = synback::repo::layout::SnapshotId::parse(id) {
-            return Ok(id.job().as_str().to_owned());
-        }
+    if let Some(id) = snapshot.filter(|s| *s != "latest")
+        && let Ok(id) = synback::repo::layout::SnapshotId::parse(id)
+    {
+        return Ok(id.job().as_str().to_owned());
     }
     match config.jobs.as_slice() {
         [only] => Ok(only.name.clone()),

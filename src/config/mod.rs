@@ -98,11 +98,12 @@ impl Config {
             source,
         })?;
         let mut config = Self::from_toml_str(&text, path, env)?;
-        if config.nas.password_source == PasswordSource::Inline {
-            if let Some(mode) = validate::others_can_read(path) {
-                let origin = error::Origin::new(path, &text);
-                let line = origin.find_key_line("password");
-                config.notes.push(Note {
+        if config.nas.password_source == PasswordSource::Inline
+            && let Some(mode) = validate::others_can_read(path)
+        {
+            let origin = error::Origin::new(path, &text);
+            let line = origin.find_key_line("password");
+            config.notes.push(Note {
                     path: path.to_path_buf(),
                     line,
                     field: "nas.password".to_owned(),
@@ -111,7 +112,6 @@ impl Config {
                         path.display()
                     ),
                 });
-            }
         }
         Ok(config)
     }

@@ -239,10 +239,10 @@ impl Client {
     /// Logs in again unless another task already replaced session `stale`.
     pub(super) async fn relogin(&self, stale: Option<u64>) -> Result<Session> {
         let _guard = self.inner.login_lock.lock().await;
-        if let Some(current) = lock(&self.inner.session).clone() {
-            if stale != Some(current.generation) {
-                return Ok(current);
-            }
+        if let Some(current) = lock(&self.inner.session).clone()
+            && stale != Some(current.generation)
+        {
+            return Ok(current);
         }
         let (sid, token) = self.login().await?;
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;

@@ -157,10 +157,10 @@ impl Auth {
         let Some(totp) = &self.totp else {
             return Ok(false);
         };
-        if let Some(device) = &request.device_id {
-            if lock(&self.devices).contains_key(device) {
-                return Ok(false);
-            }
+        if let Some(device) = &request.device_id
+            && lock(&self.devices).contains_key(device)
+        {
+            return Ok(false);
         }
         let Some(otp) = &request.otp_code else {
             return Err(Fail::new(code::OTP_REQUIRED));

@@ -369,7 +369,7 @@ impl FaultHandle {
 }
 
 fn every(n: Option<u32>, count: u64) -> bool {
-    matches!(n, Some(n) if n > 0 && count % u64::from(n) == 0)
+    matches!(n, Some(n) if n > 0 && count.is_multiple_of(u64::from(n)))
 }
 
 #[cfg(test)]

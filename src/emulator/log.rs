@@ -115,12 +115,12 @@ impl RequestLog {
 
     /// Records one request.
     pub fn push(&self, record: LoggedRequest) {
-        if let Some(file) = &self.file {
-            if let Ok(line) = serde_json::to_string(&record) {
-                let mut file = lock(file);
-                if let Err(err) = writeln!(file, "{line}") {
-                    tracing::warn!(error = %err, "cannot write the emulator request log");
-                }
+        if let Some(file) = &self.file
+            && let Ok(line) = serde_json::to_string(&record)
+        {
+            let mut file = lock(file);
+            if let Err(err) = writeln!(file, "{line}") {
+                tracing::warn!(error = %err, "cannot write the emulator request log");
             }
         }
         let mut memory = lock(&self.memory);

@@ -79,10 +79,10 @@ impl Params {
 }
 
 fn decode_string(raw: &str) -> String {
-    if raw.starts_with('"') {
-        if let Ok(s) = serde_json::from_str::<String>(raw) {
-            return s;
-        }
+    if raw.starts_with('"')
+        && let Ok(s) = serde_json::from_str::<String>(raw)
+    {
+        return s;
     }
     raw.to_owned()
 }

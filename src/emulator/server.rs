@@ -201,11 +201,11 @@ async fn front_end_faults(
         rec.fault = Some("http_502");
         return Some(http_error(StatusCode::BAD_GATEWAY));
     }
-    if let (Some(max), Some(len)) = (faults.max_request_bytes, declared) {
-        if len > max {
-            rec.fault = Some("oversize");
-            return Some(http_error(oversize_status(faults.oversize_status)));
-        }
+    if let (Some(max), Some(len)) = (faults.max_request_bytes, declared)
+        && len > max
+    {
+        rec.fault = Some("oversize");
+        return Some(http_error(oversize_status(faults.oversize_status)));
     }
     None
 }
@@ -484,10 +484,10 @@ fn check_call(shared: &Shared, call: &Call) -> Result<(&'static ApiDesc, String,
         shared
             .auth
             .check(&call.creds, shared.faults.get().expire_session_after)?;
-        if desc.name.starts_with("SYNO.FileStation.") {
-            if let Some(busy) = shared.faults.next_call_busy() {
-                return Err(Fail::new(busy));
-            }
+        if desc.name.starts_with("SYNO.FileStation.")
+            && let Some(busy) = shared.faults.next_call_busy()
+        {
+            return Err(Fail::new(busy));
         }
     }
     Ok((desc, method, version))
@@ -498,10 +498,10 @@ fn login(shared: &Shared, call: &Call, rec: &mut Record) -> Response {
         Err(fail) => api_reply(rec, Err(fail)),
         Ok(ok) => {
             let mut response = api_reply(rec, Ok(Some(ok.data)));
-            if let Some(sid) = ok.cookie_sid {
-                if let Ok(cookie) = HeaderValue::from_str(&format!("id={sid}; path=/; HttpOnly")) {
-                    response.headers_mut().insert(header::SET_COOKIE, cookie);
-                }
+            if let Some(sid) = ok.cookie_sid
+                && let Ok(cookie) = HeaderValue::from_str(&format!("id={sid}; path=/; HttpOnly"))
+            {
+                response.headers_mut().insert(header::SET_COOKIE, cookie);
             }
             response
         }

@@ -318,10 +318,11 @@ fn same_origin(headers: &HeaderMap) -> Result<(), &'static str> {
             .get(name)
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
-    if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site")) {
-        if site != "same-origin" && site != "none" {
-            return Err("cross-site request");
-        }
+    if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site"))
+        && site != "same-origin"
+        && site != "none"
+    {
+        return Err("cross-site request");
     }
     if let Some(origin) = text(header::ORIGIN) {
         let host = text(header::HOST).ok_or("origin without host")?;

@@ -372,12 +372,13 @@ fn yaml_block_keys(text: &str, block: &str) -> BTreeSet<String> {
             inside = line.trim_end() == format!("{block}:");
             continue;
         }
-        if inside && line.starts_with("  ") && !line.starts_with("   ") {
-            if let Some((key, _)) = line.trim().split_once(':') {
-                if !key.starts_with('-') {
-                    keys.insert(key.to_owned());
-                }
-            }
+        if inside
+            && line.starts_with("  ")
+            && !line.starts_with("   ")
+            && let Some((key, _)) = line.trim().split_once(':')
+            && !key.starts_with('-')
+        {
+            keys.insert(key.to_owned());
         }
     }
     keys

@@ -593,12 +593,12 @@ fn real_clock() -> Arc<dyn Clock> {
 /// Waits (real time) until the job's status shows `runs` finished runs.
 async fn wait_runs(dir: &Path, job: &str, runs: u64) -> JobStatus {
     for _ in 0..200 {
-        if let Ok(status) = read_status(dir) {
-            if let Some(j) = status.jobs.get(job) {
-                if j.runs >= runs && !j.running {
-                    return j.clone();
-                }
-            }
+        if let Ok(status) = read_status(dir)
+            && let Some(j) = status.jobs.get(job)
+            && j.runs >= runs
+            && !j.running
+        {
+            return j.clone();
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::Agent;
 use crate::backup::RunStatus;
-use crate::config::Config;
+use crate::config::{Config, MqttConfig};
+use crate::schedule::mqtt::MqttSettings;
 use crate::schedule::{
     self, DaemonSettings, Hooks, JobRunner, JobSpec, Notify, RetryPolicy, RunOutcome,
 };
@@ -89,6 +90,7 @@ pub fn plan(config: &Config) -> (DaemonSettings, Vec<JobSpec>) {
         .daemon
         .status_listen
         .is_some_and(|a| !a.ip().is_loopback());
+    settings.mqtt = config.mqtt.as_ref().map(mqtt_settings);
     settings.retry = RetryPolicy::new(
         config.retry.max_attempts,
         config.retry.base_delay,
@@ -109,9 +111,27 @@ pub fn plan(config: &Config) -> (DaemonSettings, Vec<JobSpec>) {
             hooks.on_failure = job.hooks.on_failure.clone();
             hooks.timeout = job.hooks.timeout;
             spec.hooks = hooks;
-            spec.notify = Notify::default();
+            spec.notify = Notify {
+                healthchecks_url: job.notify.healthchecks.clone(),
+                webhook_url: job.notify.webhook.clone(),
+            };
             Some(spec)
         })
         .collect();
     (settings, jobs)
+}
+
+/// The publisher's settings for `[mqtt]`; the node id defaults to the host
+/// name.
+fn mqtt_settings(config: &MqttConfig) -> MqttSettings {
+    let node_id = config
+        .node_id
+        .clone()
+        .unwrap_or_else(crate::repo::lock::local_hostname);
+    let mut settings = MqttSettings::new(config.host.clone(), config.port, &node_id);
+    settings.username = config.user.clone();
+    settings.password = config.password.clone();
+    settings.discovery_prefix = config.discovery_prefix.clone();
+    settings.base_topic = config.topic_prefix.clone();
+    settings
 }

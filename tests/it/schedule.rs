@@ -21,6 +21,7 @@ use synback::schedule::{
     Reload, RetryPolicy, RunOutcome, RunStatus, StatusFile, SystemClock, TokioClock, format_status,
     read_status,
 };
+use synback::secret::Secret;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -762,8 +763,8 @@ async fn healthchecks_and_webhook_are_notified() {
         .iter()
         .map(|name| {
             let mut spec = job(name, "0 0 0 1 1 *");
-            spec.notify.healthchecks_url = Some(format!("{url}/ping/{name}"));
-            spec.notify.webhook_url = Some(format!("{url}/hook"));
+            spec.notify.healthchecks_url = Some(Secret::new(format!("{url}/ping/{name}")));
+            spec.notify.webhook_url = Some(Secret::new(format!("{url}/hook")));
             spec
         })
         .collect();
@@ -812,8 +813,8 @@ async fn an_unreachable_notifier_never_fails_the_run() {
         .unwrap();
     let runner = FakeRunner::new(real_clock(), |_, _| Step::Ok(Duration::ZERO));
     let mut spec = job("home", "0 0 0 1 1 *");
-    spec.notify.healthchecks_url = Some(format!("http://{closed}/ping"));
-    spec.notify.webhook_url = Some(format!("http://{closed}/hook"));
+    spec.notify.healthchecks_url = Some(Secret::new(format!("http://{closed}/ping")));
+    spec.notify.webhook_url = Some(Secret::new(format!("http://{closed}/hook")));
     let daemon = start(settings(dir.path()), vec![spec], &runner, real_clock());
     daemon.handle.run_now("home").await;
     let home = wait_runs(dir.path(), "home", 1).await;

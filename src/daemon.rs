@@ -57,8 +57,15 @@ impl JobRunner for AgentRunner {
             let started = Instant::now();
             let outcome = match agent.backup(&job, cancel).await {
                 Ok(report) => {
-                    let outcome =
+                    // Retention listed every snapshot after the commit; when
+                    // it could not run the count is unknown.
+                    let kept = report.retention.iter().filter(|d| d.keep).count();
+                    let mut outcome =
                         RunOutcome::ok(report.snapshot, report.bytes_read, report.bytes_stored);
+                    if kept > 0 {
+                        outcome =
+                            outcome.with_snapshot_count(u64::try_from(kept).unwrap_or(u64::MAX));
+                    }
                     match report.status {
                         RunStatus::Ok => outcome,
                         _ => outcome.with_status(schedule::RunStatus::Partial),

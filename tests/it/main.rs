@@ -8,6 +8,7 @@ mod archive;
 mod backup;
 mod cli;
 mod config;
+mod daemon;
 mod dsm;
 mod emulator;
 mod repo;

@@ -592,7 +592,7 @@ fn real_clock() -> Arc<dyn Clock> {
 }
 
 /// Waits (real time) until the job's status shows `runs` finished runs.
-async fn wait_runs(dir: &Path, job: &str, runs: u64) -> JobStatus {
+pub(crate) async fn wait_runs(dir: &Path, job: &str, runs: u64) -> JobStatus {
     for _ in 0..200 {
         if let Ok(status) = read_status(dir) {
             if let Some(j) = status.jobs.get(job) {
@@ -717,13 +717,13 @@ fn a_corrupt_status_file_is_an_error_with_its_path() {
 // --------------------------------------------------- notifications (HTTP)
 
 #[derive(Debug, Clone)]
-struct Received {
-    path: String,
-    body: String,
+pub(crate) struct Received {
+    pub(crate) path: String,
+    pub(crate) body: String,
 }
 
 /// A local server that records every request.
-async fn recorder() -> (String, Arc<Mutex<Vec<Received>>>, JoinHandle<()>) {
+pub(crate) async fn recorder() -> (String, Arc<Mutex<Vec<Received>>>, JoinHandle<()>) {
     use axum::extract::{Request, State};
     let seen: Arc<Mutex<Vec<Received>>> = Arc::default();
     async fn record(State(seen): State<Arc<Mutex<Vec<Received>>>>, req: Request) -> &'static str {
@@ -1179,13 +1179,13 @@ async fn soak_every_fire_time_is_accounted_for() {
 // ------------------------------------------------------------------- MQTT
 
 /// A Mosquitto broker on a free loopback port, stopped on drop.
-struct Broker {
-    port: u16,
+pub(crate) struct Broker {
+    pub(crate) port: u16,
     _child: tokio::process::Child,
     _dir: tempfile::TempDir,
 }
 
-async fn mosquitto() -> Option<Broker> {
+pub(crate) async fn mosquitto() -> Option<Broker> {
     let binary = [
         "/usr/sbin/mosquitto",
         "/usr/bin/mosquitto",
@@ -1229,9 +1229,9 @@ async fn mosquitto() -> Option<Broker> {
     panic!("mosquitto did not start");
 }
 
-type Messages = Arc<Mutex<Vec<(String, String)>>>;
+pub(crate) type Messages = Arc<Mutex<Vec<(String, String)>>>;
 
-async fn wait_message(seen: &Messages, topic: &str, contains: &str) -> String {
+pub(crate) async fn wait_message(seen: &Messages, topic: &str, contains: &str) -> String {
     for _ in 0..200 {
         let found = seen
             .lock()

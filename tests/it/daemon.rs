@@ -406,3 +406,342 @@ async fn sighup_reloads_a_good_config_and_keeps_running_on_a_bad_one() {
         "the message names the key: {log}"
     );
 }
+
+// ------------------------------------------------------------------- soak
+
+/// SplitMix64: a seeded, dependency-free pseudo-random sequence.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A field of `/proc/self/status` in kB.
+fn proc_status_kb(key: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Picks this run's faults; returns a label for the counts.
+fn random_faults(rng: &mut Rng, nas: &synback::emulator::Emulator) -> &'static str {
+    let roll = rng.below(10);
+    let n = u32::try_from(2 + rng.below(6)).unwrap();
+    nas.faults().clear();
+    match roll {
+        0 => nas.faults().update(|f| f.http_502_every = Some(n)),
+        1 => nas.faults().update(|f| f.busy_every = Some(n)),
+        2 => nas.faults().update(|f| {
+            f.drop_upload_after = Some(4096 + rng.below(16 * 1024));
+            f.drop_upload_times = Some(1);
+        }),
+        3 => nas.faults().update(|f| f.expire_session_after = Some(n)),
+        4 => nas.faults().update(|f| f.corrupt_uploads = 1),
+        5 => nas.restart_sessions(),
+        // The NAS is full for the whole run: a reported failure.
+        6 if rng.below(2) == 0 => nas.faults().update(|f| f.quota_bytes = Some(0)),
+        _ => return "none",
+    }
+    match roll {
+        0 => "http 502",
+        1 => "busy",
+        2 => "dropped upload",
+        3 => "session expired",
+        4 => "corrupt upload",
+        5 => "NAS restarted",
+        _ => "NAS full",
+    }
+}
+
+/// Asks for run number `run` of `job` and waits for it. The status file
+/// shows a run finished a moment before the daemon reaps its task, so a
+/// request in that moment is skipped ("still running"): ask again then.
+async fn run_once(handle: &schedule::DaemonHandle, state: &Path, job: &str, run: u64) -> JobStatus {
+    let current = || {
+        read_status(state)
+            .ok()
+            .and_then(|s| s.jobs.get(job).cloned())
+    };
+    loop {
+        let skipped = current().map_or(0, |j| j.skipped);
+        handle.run_now(job).await;
+        let start = Instant::now();
+        loop {
+            if let Some(status) = current() {
+                if status.runs >= run && !status.running {
+                    return status;
+                }
+                if status.skipped > skipped {
+                    break;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{job} run {run} never finished"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Runs [`soak_body`] alone in a child process, so that its memory and
+/// file-descriptor figures are not mixed with other tests running in
+/// parallel in this binary.
+#[tokio::test]
+async fn soak_200_runs_against_the_emulator_with_random_faults() {
+    let output = tokio::task::spawn_blocking(|| {
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "daemon::soak_body",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for line in stderr.lines().filter(|l| l.starts_with("soak:")) {
+        eprintln!("{line}");
+    }
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("1 passed"),
+        "the soak did not run: {stdout}"
+    );
+}
+
+/// What one job's driver saw: runs per fault and failures per fault.
+type Tally = std::collections::BTreeMap<&'static str, (u64, u64)>;
+
+/// Drives runs `runs` of `job`, each after a fresh random fault.
+async fn drive(
+    handle: &schedule::DaemonHandle,
+    state: &Path,
+    job: &'static str,
+    runs: std::ops::RangeInclusive<u64>,
+    rng: &Mutex<Rng>,
+    nas: &synback::emulator::Emulator,
+    tally: &Mutex<Tally>,
+) {
+    for run in runs {
+        let fault = random_faults(&mut rng.lock().unwrap(), nas);
+        let status = run_once(handle, state, job, run).await;
+        let mut tally = tally.lock().unwrap();
+        let entry = tally.entry(fault).or_default();
+        entry.0 += 1;
+        if status.last_status == Some(schedule::RunStatus::Failed) {
+            entry.1 += 1;
+            // Snapshot ids have one-second resolution: a run in the same
+            // second as the previous one of its job collides with it.
+            if status
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("already exists"))
+            {
+                tally.entry("(same-second id)").or_default().1 += 1;
+            }
+            // A run whose lock release failed under a fault leaves `.lock`;
+            // later runs are refused until it is stale.
+            if status
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("is locked by"))
+            {
+                tally.entry("(left-over lock)").or_default().1 += 1;
+            }
+        }
+    }
+}
+
+/// 200 runs of two jobs (100 each, two at a time) through the daemon's run
+/// path (`run_now`, retries, status, notifications) with `AgentRunner`
+/// against the emulator, a random fault before each run from a fixed seed.
+/// Run by the test above in its own process.
+#[tokio::test]
+#[ignore = "run in a child process by soak_200_runs_against_the_emulator_with_random_faults"]
+async fn soak_body() {
+    const PER_JOB: u64 = 100;
+    const WARM_UP: u64 = 10;
+    const JOBS: [&str; 2] = ["home", "etc"];
+    let (url, seen, server) = recorder().await;
+    let world = World::new(
+        "schedule = \"0 0 1 1 *\"\n\
+         [job.retention]\nkeep_last = 3\n\
+         [job.lock]\nstale_after = \"2s\"\n\
+         [[job]]\nname = \"etc\"\nsources = [\"SOURCE\"]\nshare = \"backup\"\npath = \"pc\"\n\
+         schedule = \"0 0 1 1 *\"\n\
+         [job.retention]\nkeep_last = 3\n\
+         [job.lock]\nstale_after = \"2s\"\n\
+         [notify]\nwebhook = \"URL/hook\"\n\
+         [daemon]\ncatch_up = false\nmax_parallel = 2\n",
+    )
+    .await;
+    // A small tree keeps 200 runs quick.
+    std::fs::remove_file(world.source.join("noise.bin")).unwrap();
+    let mut small = vec![0u8; 16 * 1024];
+    rand::fill(&mut small[..]);
+    std::fs::write(world.source.join("small.bin"), small).unwrap();
+    let text = std::fs::read_to_string(&world.config_path)
+        .unwrap()
+        .replace("SOURCE", &world.source.display().to_string())
+        .replace("URL", &url)
+        .replace("max_attempts = 6", "max_attempts = 3")
+        .replace("base_delay = \"50ms\"", "base_delay = \"10ms\"")
+        .replace("max_delay = \"200ms\"", "max_delay = \"20ms\"");
+    std::fs::write(&world.config_path, text).unwrap();
+
+    let config = world.config();
+    let state = config.state_dir.clone();
+    let (settings, jobs) = plan(&config);
+    assert_eq!(jobs.len(), 2);
+    let runner = AgentRunner::new(Agent::new(config));
+    let (control, handle) = DaemonControl::new();
+    let daemon = tokio::spawn(schedule::run(
+        settings,
+        jobs,
+        Arc::new(runner),
+        Arc::new(SystemClock),
+        control,
+    ));
+
+    let rng = Mutex::new(Rng(0x5eed_2026));
+    let tally = Mutex::new(Tally::new());
+    let started = Instant::now();
+    let phase = |runs: std::ops::RangeInclusive<u64>| {
+        let (handle, state, rng, tally, nas) = (&handle, &state, &rng, &tally, &world.nas);
+        async move {
+            tokio::join!(
+                drive(handle, state, JOBS[0], runs.clone(), rng, nas, tally),
+                drive(handle, state, JOBS[1], runs, rng, nas, tally),
+            );
+        }
+    };
+    phase(1..=WARM_UP).await;
+    let warm = (proc_status_kb("VmRSS:"), open_fds());
+    phase(WARM_UP + 1..=PER_JOB / 2 + WARM_UP / 2).await;
+    let middle = proc_status_kb("VmRSS:");
+    phase(PER_JOB / 2 + WARM_UP / 2 + 1..=PER_JOB).await;
+    let end = (proc_status_kb("VmRSS:"), open_fds());
+    let elapsed = started.elapsed();
+    world.nas.faults().clear();
+    let status = read_status(&state).unwrap();
+
+    // A final clean run of each (in a new second, so that its snapshot id
+    // is new, and after any left-over lock went stale), then nothing may be left over on the NAS.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    for job in JOBS {
+        let last = run_once(&handle, &state, job, PER_JOB + 1).await;
+        assert_eq!(last.last_status, Some(schedule::RunStatus::Ok), "{last:?}");
+    }
+    handle.shutdown();
+    daemon.await.unwrap().unwrap();
+    let hooks = wait_requests(&seen, usize::try_from(2 * PER_JOB + 2).unwrap()).await;
+    server.abort();
+
+    let tally = tally.into_inner().unwrap();
+    // The two cause rows count failures already counted under their fault.
+    let same_second = tally.get("(same-second id)").map_or(0, |(_, n)| *n)
+        + tally.get("(left-over lock)").map_or(0, |(_, n)| *n);
+    let runs: u64 = tally.values().map(|(runs, _)| runs).sum();
+    let failures: u64 = tally.values().map(|(_, failed)| failed).sum::<u64>() - same_second;
+    eprintln!(
+        "soak: {runs} runs in {elapsed:.1?}, {failures} failed; per fault (runs, failed): {tally:?}"
+    );
+    eprintln!(
+        "soak: VmRSS {} kB after {} runs, {middle} kB after {}, {} kB after {runs}; open fds {} then {}",
+        warm.0,
+        2 * WARM_UP,
+        PER_JOB + WARM_UP,
+        end.0,
+        warm.1,
+        end.1
+    );
+    // Every run accounted for, the same in the status file and the webhooks.
+    assert_eq!(runs, 2 * PER_JOB);
+    let mut reported = std::collections::BTreeMap::<(String, String), u64>::new();
+    for hook in &hooks {
+        let body: serde_json::Value = serde_json::from_str(&hook.body).unwrap();
+        let key = (
+            body["job"].as_str().unwrap().to_owned(),
+            body["status"].as_str().unwrap().to_owned(),
+        );
+        *reported.entry(key).or_default() += 1;
+    }
+    assert_eq!(hooks.len(), usize::try_from(2 * PER_JOB + 2).unwrap());
+    let mut total_failed = 0;
+    for job in JOBS {
+        let s = &status.jobs[job];
+        let ok = reported
+            .get(&(job.to_owned(), "ok".to_owned()))
+            .copied()
+            .unwrap_or(0);
+        let failed = reported
+            .get(&(job.to_owned(), "failed".to_owned()))
+            .copied()
+            .unwrap_or(0);
+        assert_eq!(s.runs, PER_JOB, "{job}: {s:?}");
+        assert_eq!(s.failures, failed, "{job}: {reported:?}");
+        // The final clean run added one "ok" webhook.
+        assert_eq!(ok + failed, PER_JOB + 1, "{job}: {reported:?}");
+        assert!(!s.running);
+        total_failed += failed;
+    }
+    assert_eq!(total_failed, failures);
+    assert!(failures > 0 && failures < runs, "{tally:?}");
+    // Nothing leaked on the NAS.
+    let agent = world.agent();
+    for job in JOBS {
+        let listing = agent.snapshots(job).await.unwrap();
+        eprintln!(
+            "soak: {job} on the NAS after a clean run: {} snapshots, {} orphans, {} partials, lock {}",
+            listing.snapshots.len(),
+            listing.orphans.len(),
+            listing.partials.len(),
+            listing.lock.is_some()
+        );
+        assert!(listing.orphans.is_empty(), "{job}: {:?}", listing.orphans);
+        assert!(listing.partials.is_empty(), "{job}: {:?}", listing.partials);
+        assert!(listing.lock.is_none(), "{job}");
+        assert_eq!(listing.snapshots.len(), 3, "{job}: keep_last = 3");
+    }
+    let temp: Vec<_> = files_under(&world.nas.share_path("backup"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("@synoupload"))
+        .collect();
+    assert!(temp.is_empty(), "{temp:?}");
+    // No growth in memory or open files after warm-up.
+    // The emulator (in this process) keeps a log of every request, so a
+    // little growth is expected; a leak of a run's buffers would be more.
+    assert!(
+        end.0 <= warm.0 + 24 * 1024,
+        "VmRSS grew from {} kB to {} kB",
+        warm.0,
+        end.0
+    );
+    assert!(
+        end.1 <= warm.1 + 2,
+        "open fds grew from {} to {}",
+        warm.1,
+        end.1
+    );
+}

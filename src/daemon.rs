@@ -92,6 +92,8 @@ pub fn plan(config: &Config) -> (DaemonSettings, Vec<JobSpec>) {
     settings.max_parallel = config.daemon.max_parallel;
     settings.catch_up = config.daemon.catch_up;
     settings.status_listen = config.daemon.status_listen;
+    settings.healthy_within = config.daemon.healthy_within;
+    settings.shutdown_grace = config.daemon.shutdown_grace;
     // The config refuses a non-loopback address unless `allow_remote` was written.
     settings.allow_remote = config
         .daemon

@@ -139,6 +139,10 @@ pub struct RawDaemon {
     pub allow_remote: Option<bool>,
     /// `log_format = "human"` or `"json"`.
     pub log_format: Option<SpannedString>,
+    /// `healthy_within = "26h"`: `/healthz` fails past this without a success.
+    pub healthy_within: Option<SpannedString>,
+    /// `shutdown_grace = "1m"`: how long a run gets to stop on SIGTERM.
+    pub shutdown_grace: Option<SpannedString>,
 }
 
 /// One `[[job]]` as written.

@@ -224,6 +224,11 @@ pub struct DaemonConfig {
     pub status_listen: Option<SocketAddr>,
     /// Log line format.
     pub log_format: LogFormat,
+    /// `/healthz` answers 503 when a job's last success is older than this.
+    pub healthy_within: Option<Duration>,
+    /// On SIGTERM/SIGINT, how long running jobs get to finish their current
+    /// volume and clean up before they are abandoned.
+    pub shutdown_grace: Duration,
 }
 
 /// Log line format.

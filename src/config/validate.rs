@@ -373,6 +373,17 @@ fn daemon(ctx: &mut Ctx<'_>, raw: &RawDaemon) -> Result<DaemonConfig, Error> {
         catch_up: raw.catch_up.unwrap_or(true),
         status_listen: status_listen(ctx, raw)?,
         log_format,
+        healthy_within: match &raw.healthy_within {
+            Some(value) => {
+                Some(ctx.positive_duration(Some(value), "daemon.healthy_within", Duration::ZERO)?)
+            }
+            None => None,
+        },
+        shutdown_grace: ctx.positive_duration(
+            raw.shutdown_grace.as_ref(),
+            "daemon.shutdown_grace",
+            Duration::from_secs(60),
+        )?,
     })
 }
 

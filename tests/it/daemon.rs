@@ -745,3 +745,43 @@ async fn soak_body() {
         end.1
     );
 }
+
+#[tokio::test]
+async fn plan_carries_the_config_into_the_daemon_settings() {
+    let world = World::new(
+        "schedule = \"@daily\"\n\
+         [job.notify]\nhealthchecks = \"https://hc-ping.com/abc\"\n\
+         [[job]]\nname = \"on-demand\"\nsources = [\"/\"]\nshare = \"backup\"\n\
+         [notify]\nwebhook = \"https://hooks.example/h?token=T\"\n\
+         [mqtt]\nhost = \"127.0.0.1\"\nport = 1884\ntopic_prefix = \"home/sb\"\nnode_id = \"pi\"\n\
+         [daemon]\nhealthy_within = \"26h\"\nshutdown_grace = \"15s\"\nmax_parallel = 2\n",
+    )
+    .await;
+    let (settings, jobs) = plan(&world.config());
+    assert_eq!(
+        settings.healthy_within,
+        Some(Duration::from_secs(26 * 3600))
+    );
+    assert_eq!(settings.shutdown_grace, Duration::from_secs(15));
+    assert_eq!(settings.max_parallel, 2);
+    let mqtt = settings.mqtt.unwrap();
+    assert_eq!((mqtt.host.as_str(), mqtt.port), ("127.0.0.1", 1884));
+    assert_eq!(
+        (mqtt.base_topic.as_str(), mqtt.node_id.as_str()),
+        ("home/sb", "pi")
+    );
+    assert_eq!(mqtt.discovery_prefix, "homeassistant");
+    // Only scheduled jobs are planned; the global webhook reaches them.
+    assert_eq!(jobs.len(), 1);
+    let notify = &jobs[0].notify;
+    assert_eq!(
+        notify.healthchecks_url.as_ref().unwrap().expose(),
+        "https://hc-ping.com/abc"
+    );
+    assert_eq!(
+        notify.webhook_url.as_ref().unwrap().expose(),
+        "https://hooks.example/h?token=T"
+    );
+    assert!(!format!("{jobs:?}").contains("token=T"));
+    assert!(!format!("{jobs:?}").contains("hc-ping.com/abc"));
+}

@@ -587,11 +587,11 @@ async fn soak_body() {
     let world = World::new(
         "schedule = \"0 0 1 1 *\"\n\
          [job.retention]\nkeep_last = 3\n\
-         [job.lock]\nstale_after = \"2s\"\n\
+         [job.lock]\nstale_after = \"1s\"\n\
          [[job]]\nname = \"etc\"\nsources = [\"SOURCE\"]\nshare = \"backup\"\npath = \"pc\"\n\
          schedule = \"0 0 1 1 *\"\n\
          [job.retention]\nkeep_last = 3\n\
-         [job.lock]\nstale_after = \"2s\"\n\
+         [job.lock]\nstale_after = \"1s\"\n\
          [notify]\nwebhook = \"URL/hook\"\n\
          [daemon]\ncatch_up = false\nmax_parallel = 2\n",
     )
@@ -636,13 +636,17 @@ async fn soak_body() {
             );
         }
     };
+    // Measured after connections of the last runs had time to close.
+    let settle = Duration::from_millis(300);
     phase(1..=WARM_UP).await;
+    tokio::time::sleep(settle).await;
     let warm = (proc_status_kb("VmRSS:"), open_fds());
     phase(WARM_UP + 1..=PER_JOB / 2 + WARM_UP / 2).await;
     let middle = proc_status_kb("VmRSS:");
     phase(PER_JOB / 2 + WARM_UP / 2 + 1..=PER_JOB).await;
-    let end = (proc_status_kb("VmRSS:"), open_fds());
     let elapsed = started.elapsed();
+    tokio::time::sleep(settle).await;
+    let end = (proc_status_kb("VmRSS:"), open_fds());
     world.nas.faults().clear();
     let status = read_status(&state).unwrap();
 
@@ -738,8 +742,10 @@ async fn soak_body() {
         warm.0,
         end.0
     );
+    // A few sockets (HTTP keep-alive on both ends, in this process) may be
+    // open at either moment; a leak per run would be dozens.
     assert!(
-        end.1 <= warm.1 + 2,
+        end.1 <= warm.1 + 4,
         "open fds grew from {} to {}",
         warm.1,
         end.1

@@ -5,8 +5,11 @@
 //! `schedule` knows nothing of backups or configs; `agent` knows nothing of
 //! schedules. This module is the only place that knows both.
 
-use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
 
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
@@ -21,9 +24,15 @@ use crate::schedule::{
 
 /// Runs scheduled backups through an [`Agent`] that a config reload can
 /// replace; runs already going keep the agent they started with.
+///
+/// Snapshot ids have one-second resolution, so a run of a job never starts
+/// in a second in which the previous run of that job was still going (two
+/// quick "run now" presses would otherwise name the same snapshot).
 #[derive(Debug, Clone)]
 pub struct AgentRunner {
     agent: Arc<RwLock<Agent>>,
+    /// Per job, the UTC second (Unix time) its last run ended in.
+    last_second: Arc<Mutex<HashMap<String, i64>>>,
 }
 
 impl AgentRunner {
@@ -31,6 +40,7 @@ impl AgentRunner {
     pub fn new(agent: Agent) -> Self {
         Self {
             agent: Arc::new(RwLock::new(agent)),
+            last_second: Arc::default(),
         }
     }
 
@@ -50,12 +60,18 @@ impl JobRunner for AgentRunner {
     fn run(&self, job: &str, cancel: CancellationToken) -> BoxFuture<'static, RunOutcome> {
         let agent = self.current();
         let job = job.to_owned();
+        let last_second = Arc::clone(&self.last_second);
         Box::pin(async move {
             let Some(agent) = agent else {
                 return RunOutcome::failed("internal error: the agent lock is poisoned", false);
             };
+            wait_for_a_new_second(&last_second, &job).await;
             let started = Instant::now();
-            let outcome = match agent.backup(&job, cancel).await {
+            let result = agent.backup(&job, cancel).await;
+            if let Ok(mut seconds) = last_second.lock() {
+                seconds.insert(job.clone(), Utc::now().timestamp());
+            }
+            let outcome = match result {
                 Ok(report) => {
                     // Retention listed every snapshot after the commit; when
                     // it could not run the count is unknown.
@@ -83,6 +99,21 @@ impl JobRunner for AgentRunner {
             outcome.with_duration(started.elapsed())
         })
     }
+}
+
+/// Waits until the UTC second differs from the one `job`'s last run ended
+/// in (at most a second).
+async fn wait_for_a_new_second(last_second: &Mutex<HashMap<String, i64>>, job: &str) {
+    let Some(last) = last_second.lock().ok().and_then(|s| s.get(job).copied()) else {
+        return;
+    };
+    let now = Utc::now();
+    if now.timestamp() > last {
+        return;
+    }
+    let to_next = 1_000_000_000 - u64::from(now.timestamp_subsec_nanos().min(999_999_999));
+    // A few milliseconds more, so the new second has surely begun.
+    tokio::time::sleep(Duration::from_nanos(to_next) + Duration::from_millis(5)).await;
 }
 
 /// The scheduler's settings and jobs for `config`. Jobs without a

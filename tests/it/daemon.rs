@@ -552,7 +552,8 @@ async fn drive(
         if status.last_status == Some(schedule::RunStatus::Failed) {
             entry.1 += 1;
             // Snapshot ids have one-second resolution: a run in the same
-            // second as the previous one of its job collides with it.
+            // second as the previous one of its job would collide with it
+            // (AgentRunner waits for a new second; asserted below).
             if status
                 .last_error
                 .as_deref()
@@ -573,29 +574,29 @@ async fn drive(
     }
 }
 
-/// 200 runs of two jobs (100 each, two at a time) through the daemon's run
+/// 200 runs of eight jobs (25 each, all at once; a job's runs are at least
+/// a second apart, see `AgentRunner`) through the daemon's run
 /// path (`run_now`, retries, status, notifications) with `AgentRunner`
 /// against the emulator, a random fault before each run from a fixed seed.
 /// Run by the test above in its own process.
 #[tokio::test]
 #[ignore = "run in a child process by soak_200_runs_against_the_emulator_with_random_faults"]
 async fn soak_body() {
-    const PER_JOB: u64 = 100;
-    const WARM_UP: u64 = 10;
-    const JOBS: [&str; 2] = ["home", "etc"];
+    const PER_JOB: u64 = 25;
+    const WARM_UP: u64 = 8;
+    const JOBS: [&str; 8] = ["home", "j1", "j2", "j3", "j4", "j5", "j6", "j7"];
     let (url, seen, server) = recorder().await;
-    let world = World::new(
-        "schedule = \"0 0 1 1 *\"\n\
-         [job.retention]\nkeep_last = 3\n\
-         [job.lock]\nstale_after = \"1s\"\n\
-         [[job]]\nname = \"etc\"\nsources = [\"SOURCE\"]\nshare = \"backup\"\npath = \"pc\"\n\
-         schedule = \"0 0 1 1 *\"\n\
-         [job.retention]\nkeep_last = 3\n\
-         [job.lock]\nstale_after = \"1s\"\n\
-         [notify]\nwebhook = \"URL/hook\"\n\
-         [daemon]\ncatch_up = false\nmax_parallel = 2\n",
-    )
-    .await;
+    let job_tables = "[job.retention]\nkeep_last = 3\n[job.lock]\nstale_after = \"1s\"\n\
+                      [job.compression]\nworkers = 1\n";
+    let mut extra = format!("schedule = \"0 0 1 1 *\"\n{job_tables}");
+    for name in &JOBS[1..] {
+        extra += &format!(
+            "[[job]]\nname = \"{name}\"\nsources = [\"SOURCE\"]\nshare = \"backup\"\n\
+             path = \"pc\"\nschedule = \"0 0 1 1 *\"\n{job_tables}"
+        );
+    }
+    extra += "[notify]\nwebhook = \"URL/hook\"\n[daemon]\ncatch_up = false\nmax_parallel = 8\n";
+    let world = World::new(&extra).await;
     // A small tree keeps 200 runs quick.
     std::fs::remove_file(world.source.join("noise.bin")).unwrap();
     let mut small = vec![0u8; 16 * 1024];
@@ -613,7 +614,7 @@ async fn soak_body() {
     let config = world.config();
     let state = config.state_dir.clone();
     let (settings, jobs) = plan(&config);
-    assert_eq!(jobs.len(), 2);
+    assert_eq!(jobs.len(), JOBS.len());
     let runner = AgentRunner::new(Agent::new(config));
     let (control, handle) = DaemonControl::new();
     let daemon = tokio::spawn(schedule::run(
@@ -630,10 +631,10 @@ async fn soak_body() {
     let phase = |runs: std::ops::RangeInclusive<u64>| {
         let (handle, state, rng, tally, nas) = (&handle, &state, &rng, &tally, &world.nas);
         async move {
-            tokio::join!(
-                drive(handle, state, JOBS[0], runs.clone(), rng, nas, tally),
-                drive(handle, state, JOBS[1], runs, rng, nas, tally),
-            );
+            futures_util::future::join_all(
+                JOBS.map(|job| drive(handle, state, job, runs.clone(), rng, nas, tally)),
+            )
+            .await;
         }
     };
     // Measured after connections of the last runs had time to close.
@@ -659,13 +660,17 @@ async fn soak_body() {
     }
     handle.shutdown();
     daemon.await.unwrap().unwrap();
-    let hooks = wait_requests(&seen, usize::try_from(2 * PER_JOB + 2).unwrap()).await;
+    let hooks = wait_requests(
+        &seen,
+        usize::try_from(JOBS.len() as u64 * (PER_JOB + 1)).unwrap(),
+    )
+    .await;
     server.abort();
 
     let tally = tally.into_inner().unwrap();
     // The two cause rows count failures already counted under their fault.
-    let same_second = tally.get("(same-second id)").map_or(0, |(_, n)| *n)
-        + tally.get("(left-over lock)").map_or(0, |(_, n)| *n);
+    let collisions = tally.get("(same-second id)").map_or(0, |(_, n)| *n);
+    let same_second = collisions + tally.get("(left-over lock)").map_or(0, |(_, n)| *n);
     let runs: u64 = tally.values().map(|(runs, _)| runs).sum();
     let failures: u64 = tally.values().map(|(_, failed)| failed).sum::<u64>() - same_second;
     eprintln!(
@@ -674,14 +679,15 @@ async fn soak_body() {
     eprintln!(
         "soak: VmRSS {} kB after {} runs, {middle} kB after {}, {} kB after {runs}; open fds {} then {}",
         warm.0,
-        2 * WARM_UP,
-        PER_JOB + WARM_UP,
+        JOBS.len() as u64 * WARM_UP,
+        JOBS.len() as u64 * (PER_JOB / 2 + WARM_UP / 2),
         end.0,
         warm.1,
         end.1
     );
     // Every run accounted for, the same in the status file and the webhooks.
-    assert_eq!(runs, 2 * PER_JOB);
+    assert_eq!(runs, JOBS.len() as u64 * PER_JOB);
+    assert_eq!(collisions, 0, "two runs got the same snapshot id");
     let mut reported = std::collections::BTreeMap::<(String, String), u64>::new();
     for hook in &hooks {
         let body: serde_json::Value = serde_json::from_str(&hook.body).unwrap();
@@ -691,7 +697,10 @@ async fn soak_body() {
         );
         *reported.entry(key).or_default() += 1;
     }
-    assert_eq!(hooks.len(), usize::try_from(2 * PER_JOB + 2).unwrap());
+    assert_eq!(
+        hooks.len(),
+        usize::try_from(JOBS.len() as u64 * (PER_JOB + 1)).unwrap()
+    );
     let mut total_failed = 0;
     for job in JOBS {
         let s = &status.jobs[job];

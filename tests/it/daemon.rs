@@ -1,7 +1,9 @@
 //! The daemon wired to real backups: config → `plan` → `AgentRunner`
 //! against the emulator, with notifications to a local HTTP server and a
-//! real Mosquitto broker; and the `synback daemon` binary itself under
-//! SIGTERM (during an upload) and SIGHUP (good and bad config).
+//! real Mosquitto broker; the `synback daemon` binary itself under SIGTERM
+//! (during an upload) and SIGHUP (good and bad config); and a soak of 200
+//! runs with random emulator faults, checked for leaks on the NAS and in
+//! memory and file descriptors.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -5,24 +5,34 @@
 //! `schedule` knows nothing of backups or configs; `agent` knows nothing of
 //! schedules. This module is the only place that knows both.
 
-use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
 
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::Agent;
 use crate::backup::RunStatus;
-use crate::config::Config;
+use crate::config::{Config, MqttConfig};
+use crate::schedule::mqtt::MqttSettings;
 use crate::schedule::{
     self, DaemonSettings, Hooks, JobRunner, JobSpec, Notify, RetryPolicy, RunOutcome,
 };
 
 /// Runs scheduled backups through an [`Agent`] that a config reload can
 /// replace; runs already going keep the agent they started with.
+///
+/// Snapshot ids have one-second resolution, so a run of a job never starts
+/// in a second in which the previous run of that job was still going (two
+/// quick "run now" presses would otherwise name the same snapshot).
 #[derive(Debug, Clone)]
 pub struct AgentRunner {
     agent: Arc<RwLock<Agent>>,
+    /// Per job, the UTC second (Unix time) its last run ended in.
+    last_second: Arc<Mutex<HashMap<String, i64>>>,
 }
 
 impl AgentRunner {
@@ -30,6 +40,7 @@ impl AgentRunner {
     pub fn new(agent: Agent) -> Self {
         Self {
             agent: Arc::new(RwLock::new(agent)),
+            last_second: Arc::default(),
         }
     }
 
@@ -49,15 +60,28 @@ impl JobRunner for AgentRunner {
     fn run(&self, job: &str, cancel: CancellationToken) -> BoxFuture<'static, RunOutcome> {
         let agent = self.current();
         let job = job.to_owned();
+        let last_second = Arc::clone(&self.last_second);
         Box::pin(async move {
             let Some(agent) = agent else {
                 return RunOutcome::failed("internal error: the agent lock is poisoned", false);
             };
+            wait_for_a_new_second(&last_second, &job).await;
             let started = Instant::now();
-            let outcome = match agent.backup(&job, cancel).await {
+            let result = agent.backup(&job, cancel).await;
+            if let Ok(mut seconds) = last_second.lock() {
+                seconds.insert(job.clone(), Utc::now().timestamp());
+            }
+            let outcome = match result {
                 Ok(report) => {
-                    let outcome =
+                    // Retention listed every snapshot after the commit; when
+                    // it could not run the count is unknown.
+                    let kept = report.retention.iter().filter(|d| d.keep).count();
+                    let mut outcome =
                         RunOutcome::ok(report.snapshot, report.bytes_read, report.bytes_stored);
+                    if kept > 0 {
+                        outcome =
+                            outcome.with_snapshot_count(u64::try_from(kept).unwrap_or(u64::MAX));
+                    }
                     match report.status {
                         RunStatus::Ok => outcome,
                         _ => outcome.with_status(schedule::RunStatus::Partial),
@@ -77,6 +101,21 @@ impl JobRunner for AgentRunner {
     }
 }
 
+/// Waits until the UTC second differs from the one `job`'s last run ended
+/// in (at most a second).
+async fn wait_for_a_new_second(last_second: &Mutex<HashMap<String, i64>>, job: &str) {
+    let Some(last) = last_second.lock().ok().and_then(|s| s.get(job).copied()) else {
+        return;
+    };
+    let now = Utc::now();
+    if now.timestamp() > last {
+        return;
+    }
+    let to_next = 1_000_000_000 - u64::from(now.timestamp_subsec_nanos().min(999_999_999));
+    // A few milliseconds more, so the new second has surely begun.
+    tokio::time::sleep(Duration::from_nanos(to_next) + Duration::from_millis(5)).await;
+}
+
 /// The scheduler's settings and jobs for `config`. Jobs without a
 /// `schedule` only run on demand and are left out.
 pub fn plan(config: &Config) -> (DaemonSettings, Vec<JobSpec>) {
@@ -84,11 +123,14 @@ pub fn plan(config: &Config) -> (DaemonSettings, Vec<JobSpec>) {
     settings.max_parallel = config.daemon.max_parallel;
     settings.catch_up = config.daemon.catch_up;
     settings.status_listen = config.daemon.status_listen;
+    settings.healthy_within = config.daemon.healthy_within;
+    settings.shutdown_grace = config.daemon.shutdown_grace;
     // The config refuses a non-loopback address unless `allow_remote` was written.
     settings.allow_remote = config
         .daemon
         .status_listen
         .is_some_and(|a| !a.ip().is_loopback());
+    settings.mqtt = config.mqtt.as_ref().map(mqtt_settings);
     settings.retry = RetryPolicy::new(
         config.retry.max_attempts,
         config.retry.base_delay,
@@ -109,9 +151,27 @@ pub fn plan(config: &Config) -> (DaemonSettings, Vec<JobSpec>) {
             hooks.on_failure = job.hooks.on_failure.clone();
             hooks.timeout = job.hooks.timeout;
             spec.hooks = hooks;
-            spec.notify = Notify::default();
+            spec.notify = Notify {
+                healthchecks_url: job.notify.healthchecks.clone(),
+                webhook_url: job.notify.webhook.clone(),
+            };
             Some(spec)
         })
         .collect();
     (settings, jobs)
+}
+
+/// The publisher's settings for `[mqtt]`; the node id defaults to the host
+/// name.
+fn mqtt_settings(config: &MqttConfig) -> MqttSettings {
+    let node_id = config
+        .node_id
+        .clone()
+        .unwrap_or_else(crate::repo::lock::local_hostname);
+    let mut settings = MqttSettings::new(config.host.clone(), config.port, &node_id);
+    settings.username = config.user.clone();
+    settings.password = config.password.clone();
+    settings.discovery_prefix = config.discovery_prefix.clone();
+    settings.base_topic = config.topic_prefix.clone();
+    settings
 }

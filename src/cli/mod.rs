@@ -67,6 +67,13 @@ enum Command {
     /// Log in once with a 2FA code and remember this device, so unattended runs need no code.
     Login(commands::LoginArgs),
     /// Run every scheduled job until stopped (SIGHUP reloads the config).
+    ///
+    /// SIGTERM or SIGINT stops it: a running backup finishes the volume it
+    /// is uploading (within `[daemon] shutdown_grace`), removes its partial
+    /// files, releases the lock and logs out. Exit status: 0 after such a
+    /// stop, 1 when the daemon cannot start (e.g. the status listener's
+    /// address is taken), 2 for an unusable config or no job with a
+    /// `schedule`.
     #[cfg(feature = "daemon")]
     Daemon(daemon::DaemonArgs),
     /// Show each job's last and next run, as the daemon recorded them.

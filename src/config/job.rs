@@ -9,11 +9,14 @@ use std::time::Duration;
 use chrono_tz::Tz;
 
 use super::error::{Error, closest};
+use super::notify;
 use super::raw::{RawCompression, RawEncryption, RawHooks, RawJob, RawRetention, SpannedString};
 use super::remote::{RemoteError, normalise_path, normalise_share};
 use super::schedule::{self, ScheduleError};
 use super::size::{HumanSize, UNITS, parse_size};
-use super::types::{Compression, Encryption, Hooks, JobConfig, JobSchedule, Retention, UploadMode};
+use super::types::{
+    Compression, Encryption, Hooks, JobConfig, JobSchedule, Notify, Retention, UploadMode,
+};
 use super::validate::{Ctx, span_of};
 
 const GLOB_HINT: &str = "globs use `*` within a name, `**` across folders, `?`, `[abc]` and `{a,b}`, e.g. \"**/.cache\" or \"/home/*/Downloads\"";
@@ -23,7 +26,12 @@ const MIN_VOLUME: u64 = 1 << 20;
 const MAX_SAFE_VOLUME: u64 = 1 << 30;
 
 /// Validates one `[[job]]` (the `index`-th, from 0).
-pub(crate) fn validate(ctx: &mut Ctx<'_>, index: usize, raw: &RawJob) -> Result<JobConfig, Error> {
+pub(crate) fn validate(
+    ctx: &mut Ctx<'_>,
+    index: usize,
+    raw: &RawJob,
+    notify_defaults: &Notify,
+) -> Result<JobConfig, Error> {
     let name = name(ctx, index, raw)?;
     let label = format!("job[{name}]");
     let field = |key: &str| format!("{label}.{key}");
@@ -54,6 +62,7 @@ pub(crate) fn validate(ctx: &mut Ctx<'_>, index: usize, raw: &RawJob) -> Result<
             &field("lock.stale_after"),
             Duration::from_secs(6 * 3600),
         )?,
+        notify: notify::job(ctx, &raw.notify, &label, notify_defaults)?,
         name,
     };
     Ok(job)

@@ -47,6 +47,7 @@ mod env;
 mod error;
 mod job;
 mod nas;
+mod notify;
 mod raw;
 mod remote;
 mod schedule;
@@ -59,15 +60,15 @@ use std::path::Path;
 pub use env::{ConfigEnv, default_state_dir};
 pub use error::{Cause, Error, Invalid, Note};
 pub use raw::{
-    RawCompression, RawConfig, RawDaemon, RawEncryption, RawHooks, RawJob, RawLock, RawNas,
-    RawRetention, RawRetry, RawState, SpannedString,
+    RawCompression, RawConfig, RawDaemon, RawEncryption, RawHooks, RawJob, RawJobNotify, RawLock,
+    RawMqtt, RawNas, RawNotify, RawRetention, RawRetry, RawState, SpannedString,
 };
 pub use schedule::ScheduleError;
 pub use size::{SizeError, parse_size};
 pub use types::{
     Compression, Config, DaemonConfig, Encryption, Hooks, JobConfig, JobSchedule, LogFormat,
-    NasConfig, NasUrl, PasswordSource, Retention, RetryConfig, Scheme, Timeouts, TlsConfig,
-    UnknownJob, UploadMode,
+    MqttConfig, NasConfig, NasUrl, Notify, PasswordSource, Retention, RetryConfig, Scheme,
+    Timeouts, TlsConfig, UnknownJob, UploadMode,
 };
 
 impl Config {

@@ -35,6 +35,11 @@ pub struct RawConfig {
     /// `[daemon]`: the scheduled daemon.
     #[serde(default)]
     pub daemon: RawDaemon,
+    /// `[notify]`: notification defaults for every job.
+    #[serde(default)]
+    pub notify: RawNotify,
+    /// `[mqtt]`: state on an MQTT broker, with Home Assistant discovery.
+    pub mqtt: Option<Spanned<RawMqtt>>,
     /// `[[job]]`: one entry per backup job.
     #[serde(default, rename = "job")]
     pub jobs: Vec<RawJob>,
@@ -134,6 +139,10 @@ pub struct RawDaemon {
     pub allow_remote: Option<bool>,
     /// `log_format = "human"` or `"json"`.
     pub log_format: Option<SpannedString>,
+    /// `healthy_within = "26h"`: `/healthz` fails past this without a success.
+    pub healthy_within: Option<SpannedString>,
+    /// `shutdown_grace = "1m"`: how long a run gets to stop on SIGTERM.
+    pub shutdown_grace: Option<SpannedString>,
 }
 
 /// One `[[job]]` as written.
@@ -182,6 +191,9 @@ pub struct RawJob {
     /// `[job.lock]`.
     #[serde(default)]
     pub lock: RawLock,
+    /// `[job.notify]`.
+    #[serde(default)]
+    pub notify: RawJobNotify,
 }
 
 /// `[job.compression]` as written.
@@ -247,4 +259,61 @@ pub struct RawHooks {
 pub struct RawLock {
     /// `stale_after = "6h"`.
     pub stale_after: Option<SpannedString>,
+}
+
+/// `[notify]` as written: defaults for every job.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    /// `webhook = "https://example.com/hook"`: used by jobs without their own.
+    pub webhook: Option<SpannedString>,
+}
+
+impl fmt::Debug for RawNotify {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Notification URLs often embed tokens.
+        f.debug_struct("RawNotify")
+            .field("webhook", &self.webhook.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// `[job.notify]` as written.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJobNotify {
+    /// `healthchecks = "https://hc-ping.com/UUID"`: pinged at start, end
+    /// and failure.
+    pub healthchecks: Option<SpannedString>,
+    /// `webhook = "https://example.com/hook"`: receives a JSON summary.
+    pub webhook: Option<SpannedString>,
+}
+
+impl fmt::Debug for RawJobNotify {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawJobNotify")
+            .field("healthchecks", &self.healthchecks.as_ref().map(|_| "***"))
+            .field("webhook", &self.webhook.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// `[mqtt]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqtt {
+    /// `host = "homeassistant.local"`.
+    pub host: Option<SpannedString>,
+    /// `port = 1883`.
+    pub port: Option<Spanned<i64>>,
+    /// `user = "synback"`.
+    pub user: Option<SpannedString>,
+    /// `password_file = "/etc/synback/mqtt-password"`.
+    pub password_file: Option<Spanned<PathBuf>>,
+    /// `discovery_prefix = "homeassistant"`.
+    pub discovery_prefix: Option<SpannedString>,
+    /// `topic_prefix = "synback"`.
+    pub topic_prefix: Option<SpannedString>,
+    /// `node_id = "pi"`: this machine in topics and device names.
+    pub node_id: Option<SpannedString>,
 }

@@ -27,6 +27,8 @@ pub struct Config {
     pub retry: RetryConfig,
     /// The scheduled daemon.
     pub daemon: DaemonConfig,
+    /// `[mqtt]`: publish state to a broker, if configured.
+    pub mqtt: Option<MqttConfig>,
     /// The backup jobs, in file order, names unique.
     pub jobs: Vec<JobConfig>,
     /// Warnings about things that are valid but probably not what was meant.
@@ -222,6 +224,11 @@ pub struct DaemonConfig {
     pub status_listen: Option<SocketAddr>,
     /// Log line format.
     pub log_format: LogFormat,
+    /// `/healthz` answers 503 when a job's last success is older than this.
+    pub healthy_within: Option<Duration>,
+    /// On SIGTERM/SIGINT, how long running jobs get to finish their current
+    /// volume and clean up before they are abandoned.
+    pub shutdown_grace: Duration,
 }
 
 /// Log line format.
@@ -276,6 +283,8 @@ pub struct JobConfig {
     pub hooks: Hooks,
     /// A lock on the NAS older than this may be taken over (with a warning).
     pub lock_stale_after: Duration,
+    /// Where the job reports its runs (`[notify]` defaults applied).
+    pub notify: Notify,
 }
 
 impl JobConfig {
@@ -349,4 +358,36 @@ pub struct Hooks {
     pub on_failure: Option<String>,
     /// Longest a hook may run before it is killed.
     pub timeout: Duration,
+}
+
+/// Where a job reports its runs. The URLs are [`Secret`]s: ping URLs
+/// carry check ids and webhook URLs often a token, so they never show in
+/// `Debug` output or logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Notify {
+    /// healthchecks-style ping URL: `/start`, success, `/fail`.
+    pub healthchecks: Option<Secret>,
+    /// Receives a JSON summary of every run by POST.
+    pub webhook: Option<Secret>,
+}
+
+/// `[mqtt]`, resolved: state on a broker with Home Assistant discovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MqttConfig {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker port (default 1883).
+    pub port: u16,
+    /// User name, if the broker wants one.
+    pub user: Option<String>,
+    /// Password read from `password_file`.
+    pub password: Option<Secret>,
+    /// Home Assistant's discovery prefix (default `homeassistant`).
+    pub discovery_prefix: String,
+    /// The root of synback's own topics (default `synback`).
+    pub topic_prefix: String,
+    /// This machine in topics; `None` means the host name.
+    pub node_id: Option<String>,
 }

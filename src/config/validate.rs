@@ -14,8 +14,9 @@ use toml::Spanned;
 use super::env::{ConfigEnv, default_state_dir};
 use super::error::{Cause, Error, Note, Origin};
 use super::raw::{RawConfig, RawDaemon, RawRetry, RawState, SpannedString};
+use super::types::Notify;
 use super::types::{Config, DaemonConfig, JobConfig, LogFormat, RetryConfig};
-use super::{job, nas};
+use super::{job, nas, notify};
 use crate::secret::Secret;
 
 /// Hint for every duration.
@@ -244,20 +245,23 @@ impl RawConfig {
         let state_dir = state_dir(&ctx, &self.state)?;
         let retry = retry(&ctx, &self.retry)?;
         let daemon = daemon(&mut ctx, &self.daemon)?;
-        let jobs = jobs(&mut ctx, &self)?;
+        let mqtt = notify::mqtt(&mut ctx, self.mqtt.as_ref())?;
+        let defaults = notify::defaults(&mut ctx, &self.notify)?;
+        let jobs = jobs(&mut ctx, &self, &defaults)?;
         Ok(Config {
             path: self.origin.path.clone(),
             nas,
             state_dir,
             retry,
             daemon,
+            mqtt,
             jobs,
             notes: ctx.notes,
         })
     }
 }
 
-fn jobs(ctx: &mut Ctx<'_>, raw: &RawConfig) -> Result<Vec<JobConfig>, Error> {
+fn jobs(ctx: &mut Ctx<'_>, raw: &RawConfig, defaults: &Notify) -> Result<Vec<JobConfig>, Error> {
     if raw.jobs.is_empty() {
         ctx.note(
             None,
@@ -268,7 +272,7 @@ fn jobs(ctx: &mut Ctx<'_>, raw: &RawConfig) -> Result<Vec<JobConfig>, Error> {
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut jobs = Vec::with_capacity(raw.jobs.len());
     for (index, raw_job) in raw.jobs.iter().enumerate() {
-        let job = job::validate(ctx, index, raw_job)?;
+        let job = job::validate(ctx, index, raw_job, defaults)?;
         if let Some(first) = seen.get(&job.name) {
             return Err(ctx.invalid(
                 span_of(raw_job.name.as_ref()),
@@ -369,6 +373,17 @@ fn daemon(ctx: &mut Ctx<'_>, raw: &RawDaemon) -> Result<DaemonConfig, Error> {
         catch_up: raw.catch_up.unwrap_or(true),
         status_listen: status_listen(ctx, raw)?,
         log_format,
+        healthy_within: match &raw.healthy_within {
+            Some(value) => {
+                Some(ctx.positive_duration(Some(value), "daemon.healthy_within", Duration::ZERO)?)
+            }
+            None => None,
+        },
+        shutdown_grace: ctx.positive_duration(
+            raw.shutdown_grace.as_ref(),
+            "daemon.shutdown_grace",
+            Duration::from_secs(60),
+        )?,
     })
 }
 

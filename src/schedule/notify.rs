@@ -95,7 +95,7 @@ impl Notifier {
     /// Cancel safe: dropping the future abandons the request.
     pub async fn started(&self, job: &str, notify: &Notify) {
         if let Some(url) = &notify.healthchecks_url {
-            let url = format!("{}/start", url.trim_end_matches('/'));
+            let url = format!("{}/start", url.expose().trim_end_matches('/'));
             self.send(job, "healthchecks start", self.client.post(url))
                 .await;
         }
@@ -108,11 +108,11 @@ impl Notifier {
     /// Cancel safe: dropping the future abandons the remaining requests.
     pub async fn finished(&self, job: &str, notify: &Notify, outcome: &RunOutcome) {
         if let Some(url) = &notify.healthchecks_url {
-            self.ping_result(job, url, outcome).await;
+            self.ping_result(job, url.expose(), outcome).await;
         }
         if let Some(url) = &notify.webhook_url {
             let body = WebhookBody::new(job, outcome);
-            self.send(job, "webhook", self.client.post(url).json(&body))
+            self.send(job, "webhook", self.client.post(url.expose()).json(&body))
                 .await;
         }
     }

@@ -53,7 +53,8 @@ pub struct JobStatus {
     pub last_success: Option<DateTime<Utc>>,
     /// How long the last run took, in seconds.
     pub last_duration_s: Option<f64>,
-    /// Bytes stored by the last run.
+    /// Bytes stored by the last successful run (the size of
+    /// `last_snapshot`).
     pub last_bytes_stored: u64,
     /// How many snapshots the job had after its last run, when known.
     pub snapshot_count: Option<u64>,
@@ -81,7 +82,6 @@ impl JobStatus {
         self.last_status = Some(outcome.status);
         self.last_error.clone_from(&outcome.error);
         self.last_duration_s = Some(outcome.duration.as_secs_f64());
-        self.last_bytes_stored = outcome.bytes_stored;
         self.running = false;
         self.runs += 1;
         self.bytes_read += outcome.bytes_read;
@@ -92,6 +92,7 @@ impl JobStatus {
         if outcome.status.is_success() {
             self.last_success = Some(end);
             self.last_snapshot.clone_from(&outcome.snapshot);
+            self.last_bytes_stored = outcome.bytes_stored;
         } else {
             self.failures += 1;
         }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::RetryPolicy;
+use crate::secret::Secret;
 
 /// Source of wall-clock time for scheduling decisions.
 ///
@@ -210,14 +211,15 @@ impl Default for Hooks {
     }
 }
 
-/// Where a job reports its runs.
+/// Where a job reports its runs. The URLs are [`Secret`]s: ping URLs are
+/// the check's only credential and webhook URLs often carry a token.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Notify {
     /// A healthchecks-style ping URL (`/start`, success, `/fail`).
-    pub healthchecks_url: Option<String>,
+    pub healthchecks_url: Option<Secret>,
     /// A URL that receives a JSON summary of every run by POST.
-    pub webhook_url: Option<String>,
+    pub webhook_url: Option<Secret>,
 }
 
 /// One scheduled job.

@@ -137,7 +137,7 @@ fn example_is_valid_as_is() {
 }
 
 /// Every table of the RawConfig and a config that puts an unknown key in it.
-const TABLES: [(&str, &str); 11] = [
+const TABLES: [(&str, &str); 14] = [
     ("", "zz_unknown = 1\n"),
     ("nas", "[nas]\nzz_unknown = 1\n"),
     ("state", "[state]\nzz_unknown = 1\n"),
@@ -158,6 +158,9 @@ const TABLES: [(&str, &str); 11] = [
     ),
     ("job.hooks", "[[job]]\n[job.hooks]\nzz_unknown = 1\n"),
     ("job.lock", "[[job]]\n[job.lock]\nzz_unknown = 1\n"),
+    ("notify", "[notify]\nzz_unknown = 1\n"),
+    ("mqtt", "[mqtt]\nzz_unknown = 1\n"),
+    ("job.notify", "[[job]]\n[job.notify]\nzz_unknown = 1\n"),
 ];
 
 /// The valid keys of a table, as the unknown-key message lists them.

@@ -9,6 +9,7 @@ mod backup;
 mod cli;
 mod config;
 mod crash;
+mod daemon;
 mod docs;
 mod dsm;
 mod embed;

@@ -21,6 +21,7 @@ use synback::schedule::{
     Reload, RetryPolicy, RunOutcome, RunStatus, StatusFile, SystemClock, TokioClock, format_status,
     read_status,
 };
+use synback::secret::Secret;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -591,7 +592,7 @@ fn real_clock() -> Arc<dyn Clock> {
 }
 
 /// Waits (real time) until the job's status shows `runs` finished runs.
-async fn wait_runs(dir: &Path, job: &str, runs: u64) -> JobStatus {
+pub(crate) async fn wait_runs(dir: &Path, job: &str, runs: u64) -> JobStatus {
     for _ in 0..200 {
         if let Ok(status) = read_status(dir)
             && let Some(j) = status.jobs.get(job)
@@ -716,13 +717,13 @@ fn a_corrupt_status_file_is_an_error_with_its_path() {
 // --------------------------------------------------- notifications (HTTP)
 
 #[derive(Debug, Clone)]
-struct Received {
-    path: String,
-    body: String,
+pub(crate) struct Received {
+    pub(crate) path: String,
+    pub(crate) body: String,
 }
 
 /// A local server that records every request.
-async fn recorder() -> (String, Arc<Mutex<Vec<Received>>>, JoinHandle<()>) {
+pub(crate) async fn recorder() -> (String, Arc<Mutex<Vec<Received>>>, JoinHandle<()>) {
     use axum::extract::{Request, State};
     let seen: Arc<Mutex<Vec<Received>>> = Arc::default();
     async fn record(State(seen): State<Arc<Mutex<Vec<Received>>>>, req: Request) -> &'static str {
@@ -762,8 +763,8 @@ async fn healthchecks_and_webhook_are_notified() {
         .iter()
         .map(|name| {
             let mut spec = job(name, "0 0 0 1 1 *");
-            spec.notify.healthchecks_url = Some(format!("{url}/ping/{name}"));
-            spec.notify.webhook_url = Some(format!("{url}/hook"));
+            spec.notify.healthchecks_url = Some(Secret::new(format!("{url}/ping/{name}")));
+            spec.notify.webhook_url = Some(Secret::new(format!("{url}/hook")));
             spec
         })
         .collect();
@@ -812,8 +813,8 @@ async fn an_unreachable_notifier_never_fails_the_run() {
         .unwrap();
     let runner = FakeRunner::new(real_clock(), |_, _| Step::Ok(Duration::ZERO));
     let mut spec = job("home", "0 0 0 1 1 *");
-    spec.notify.healthchecks_url = Some(format!("http://{closed}/ping"));
-    spec.notify.webhook_url = Some(format!("http://{closed}/hook"));
+    spec.notify.healthchecks_url = Some(Secret::new(format!("http://{closed}/ping")));
+    spec.notify.webhook_url = Some(Secret::new(format!("http://{closed}/hook")));
     let daemon = start(settings(dir.path()), vec![spec], &runner, real_clock());
     daemon.handle.run_now("home").await;
     let home = wait_runs(dir.path(), "home", 1).await;
@@ -1057,6 +1058,142 @@ async fn status_page_shows_jobs_and_run_now_needs_the_token() {
     daemon.stop().await.unwrap();
 }
 
+// ------------------------------------------------- status page in Chromium
+
+/// The Chromium binary; `None` (the test is skipped) when it is missing,
+/// except under `CI=true`, where a missing browser fails the test.
+fn chromium() -> Option<&'static Path> {
+    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "chromium is not installed; .ci/run installs it"
+        );
+        eprintln!("chromium not installed; skipping the headless status page test");
+    }
+    found
+}
+
+/// Runs headless Chromium on `url` with `extra` arguments; returns stdout.
+async fn headless(chromium: &Path, profile: &Path, extra: &[String], url: &str) -> String {
+    let mut command = tokio::process::Command::new(chromium);
+    command
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1200,800",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(90), command.output())
+        .await
+        .expect("chromium did not finish in 90 s")
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn status_page_in_headless_chromium_names_the_jobs_and_shows_the_failure_in_red() {
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let runner = FakeRunner::new(real_clock(), good_or_bad);
+    let (daemon, base) = start_with_listener(dir.path(), &runner, None).await;
+    daemon.handle.run_now("good").await;
+    wait_runs(dir.path(), "good", 1).await;
+    daemon.handle.run_now("bad").await;
+    wait_runs(dir.path(), "bad", 1).await;
+
+    let profile = tempfile::tempdir().unwrap();
+    let dom = headless(chromium, profile.path(), &["--dump-dom".to_owned()], &base).await;
+    let shot = dir.path().join("status.png");
+    headless(
+        chromium,
+        profile.path(),
+        &[format!("--screenshot={}", shot.display())],
+        &base,
+    )
+    .await;
+    daemon.stop().await.unwrap();
+
+    // The rendered document names both jobs, the failed one in a failed row.
+    assert!(
+        dom.contains("<td>good</td>") && dom.contains("<td>bad</td>"),
+        "{dom}"
+    );
+    let failed_row = dom.split("<tr class=\"failed\">").nth(1).unwrap();
+    assert!(
+        failed_row
+            .split("</tr>")
+            .next()
+            .unwrap()
+            .contains("<td>bad</td>"),
+        "{dom}"
+    );
+
+    // The screenshot shows the failure in red, and only one row of it.
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let frame = reader.next_frame(&mut buf).unwrap();
+    let channels = match frame.color_type {
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        other => panic!("unexpected PNG colour type {other:?}"),
+    };
+    let (width, height) = (frame.width as usize, frame.height as usize);
+    let near = |px: &[u8], (r, g, b): (u8, u8, u8)| {
+        px[0].abs_diff(r) <= 24 && px[1].abs_diff(g) <= 24 && px[2].abs_diff(b) <= 24
+    };
+    let mut red = 0usize;
+    let mut red_rows = std::collections::BTreeSet::new();
+    let mut green = 0usize;
+    for y in 0..height {
+        for x in 0..width {
+            let i = (y * width + x) * channels;
+            let px = &buf[i..i + 3];
+            // #c62828, the failed row's background.
+            if near(px, (0xc6, 0x28, 0x28)) {
+                red += 1;
+                red_rows.insert(y);
+            }
+            // #2e7d32, the "ok" status text.
+            if near(px, (0x2e, 0x7d, 0x32)) {
+                green += 1;
+            }
+        }
+    }
+    eprintln!(
+        "status page {width}x{height}: {red} red pixels on {} pixel rows, {green} green",
+        red_rows.len()
+    );
+    assert!(red > 5_000, "no red failure row: {red} red pixels");
+    // One table row high (a band of consecutive lines), not the whole page.
+    let (first, last) = (red_rows.first().unwrap(), red_rows.last().unwrap());
+    assert!(last - first < 120, "red spans lines {first}..{last}");
+    assert_eq!(last - first + 1, red_rows.len(), "the red band has gaps");
+    assert!(green > 20, "no green ok status: {green} pixels");
+}
+
 // ---------------------------------------------------------------- signals
 
 #[cfg(unix)]
@@ -1178,13 +1315,13 @@ async fn soak_every_fire_time_is_accounted_for() {
 // ------------------------------------------------------------------- MQTT
 
 /// A Mosquitto broker on a free loopback port, stopped on drop.
-struct Broker {
-    port: u16,
+pub(crate) struct Broker {
+    pub(crate) port: u16,
     _child: tokio::process::Child,
     _dir: tempfile::TempDir,
 }
 
-async fn mosquitto() -> Option<Broker> {
+pub(crate) async fn mosquitto() -> Option<Broker> {
     let binary = [
         "/usr/sbin/mosquitto",
         "/usr/bin/mosquitto",
@@ -1228,9 +1365,9 @@ async fn mosquitto() -> Option<Broker> {
     panic!("mosquitto did not start");
 }
 
-type Messages = Arc<Mutex<Vec<(String, String)>>>;
+pub(crate) type Messages = Arc<Mutex<Vec<(String, String)>>>;
 
-async fn wait_message(seen: &Messages, topic: &str, contains: &str) -> String {
+pub(crate) async fn wait_message(seen: &Messages, topic: &str, contains: &str) -> String {
     for _ in 0..200 {
         let found = seen
             .lock()

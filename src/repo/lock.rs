@@ -139,6 +139,9 @@ impl LockOptions {
         if local && holder.pid != std::process::id() && !process_alive(holder.pid) {
             return Some(format!("process {} is gone from this host", holder.pid));
         }
+        if local && holder.pid == std::process::id() && !held::contains(&holder.token) {
+            return Some("left by an earlier run of this process".to_owned());
+        }
         None
     }
 }
@@ -240,7 +243,7 @@ impl Lock {
                 Found::Nothing => continue,
                 // Our own create went through but its answer was lost and
                 // the retry found the file: it is ours.
-                Found::Held(holder) if holder.token == info.token => return Ok(Lock { info }),
+                Found::Held(holder) if holder.token == info.token => return Ok(Lock::held(info)),
                 Found::Held(holder) => match opts.stale_reason(&holder, now) {
                     Some(reason) => take_over(target, &holder.to_string(), &reason).await?,
                     None => {
@@ -292,6 +295,12 @@ impl Lock {
         }
     }
 
+    /// A lock we now hold, recorded as held by this process.
+    fn held(info: LockInfo) -> Lock {
+        held::insert(&info.token);
+        Lock { info }
+    }
+
     /// What our lock file says.
     pub fn info(&self) -> &LockInfo {
         &self.info
@@ -326,6 +335,9 @@ impl Lock {
     /// # Cancel safety
     /// Dropping the future may leave the lock file, which then goes stale.
     pub async fn release(self, target: &dyn Target) -> Result<(), Error> {
+        // From here on this process no longer counts on the lock: if the
+        // file cannot be deleted, our next run may take it over at once.
+        held::remove(&self.info.token);
         match self.check_ours(target).await {
             Ok(()) => {
                 target.delete_if_exists(LOCK_NAME).await?;
@@ -356,7 +368,7 @@ impl Lock {
 async fn confirm(target: &dyn Target, info: LockInfo) -> Result<Lock, Error> {
     let lock = Lock { info };
     match lock.check_ours(target).await {
-        Ok(()) => Ok(lock),
+        Ok(()) => Ok(Lock::held(lock.info)),
         Err(Error::Lost { holder }) => Err(Error::Locked { holder }),
         Err(err) => Err(err),
     }
@@ -402,6 +414,39 @@ fn encode(info: &LockInfo) -> Result<Bytes, Error> {
     serde_json::to_vec_pretty(info)
         .map(Bytes::from)
         .map_err(Error::Encode)
+}
+
+/// Tokens of the locks this process holds. A lock file naming this host and
+/// this process but none of these tokens was left by one of our own earlier
+/// runs whose release failed (a daemon lives on after a run), and is stale;
+/// without this, a daemon would lock itself out of a job until
+/// [`LockOptions::stale_after`].
+mod held {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, MutexGuard, PoisonError};
+
+    static TOKENS: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+    fn tokens() -> MutexGuard<'static, Option<HashSet<String>>> {
+        // The set stays consistent whatever a panicking holder did.
+        TOKENS.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn insert(token: &str) {
+        tokens()
+            .get_or_insert_with(HashSet::new)
+            .insert(token.to_owned());
+    }
+
+    pub(super) fn remove(token: &str) {
+        if let Some(set) = tokens().as_mut() {
+            set.remove(token);
+        }
+    }
+
+    pub(super) fn contains(token: &str) -> bool {
+        tokens().as_ref().is_some_and(|set| set.contains(token))
+    }
 }
 
 /// This machine's host name, from the kernel; `unknown` when unavailable.
@@ -490,6 +535,27 @@ mod tests {
         let _abandoned = Lock::acquire(&target, dead, &opts(), now()).await.unwrap();
         let lock = Lock::acquire(&target, LockInfo::new("here", 1, now()), &opts(), now()).await;
         assert!(lock.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_lock_our_process_no_longer_holds_is_taken_over() {
+        let target = MemoryTarget::with_folder();
+        let me = std::process::id();
+        let held = Lock::acquire(&target, LockInfo::new("here", me, now()), &opts(), now())
+            .await
+            .unwrap();
+        // A second run in this process while the first holds it: refused.
+        let err = Lock::acquire(&target, LockInfo::new("here", me, now()), &opts(), now()).await;
+        assert!(matches!(err, Err(Error::Locked { .. })));
+        // The first run's release could not delete the file (the NAS
+        // failed); the file is left with our pid but nobody holds it.
+        held::remove(&held.info().token);
+        let next = Lock::acquire(&target, LockInfo::new("here", me, now()), &opts(), now())
+            .await
+            .unwrap();
+        assert_ne!(next.info().token, held.info().token);
+        next.release(&target).await.unwrap();
+        assert!(target.names().is_empty());
     }
 
     #[tokio::test]

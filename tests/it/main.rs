@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod dsm;
 mod emulator;
+mod fuzz_corpus;
 mod repo;
 mod restore;
 mod schedule;

@@ -11,6 +11,7 @@ mod config;
 mod dsm;
 mod emulator;
 mod fuzz_corpus;
+mod hostile;
 mod repo;
 mod restore;
 mod schedule;

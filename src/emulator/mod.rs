@@ -252,6 +252,12 @@ impl Emulator {
         self.shared.log.snapshot()
     }
 
+    /// Every session id, SynoToken and device id this emulator handed out,
+    /// so tests can check that none of them leaks into logs or errors.
+    pub fn issued_secrets(&self) -> Vec<Secret> {
+        self.shared.auth.issued()
+    }
+
     /// As if the NAS rebooted: every session and task is lost, files and
     /// remembered devices are kept.
     pub fn restart_sessions(&self) {

@@ -15,4 +15,5 @@ mod hostile;
 mod repo;
 mod restore;
 mod schedule;
+mod secrets;
 mod support;

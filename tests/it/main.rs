@@ -12,6 +12,7 @@ mod dsm;
 mod emulator;
 mod fuzz_corpus;
 mod hostile;
+mod local_safety;
 mod repo;
 mod restore;
 mod schedule;

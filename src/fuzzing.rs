@@ -110,8 +110,10 @@ pub fn encrypt(data: &[u8]) -> Result<Vec<u8>, String> {
 
 fn unpack_checked(data: &[u8], keys: &[DecryptKey]) -> Result<(), String> {
     let cancel = CancellationToken::new();
-    let mut listed = ListOptions::default();
-    listed.keys = keys.to_vec();
+    let listed = ListOptions {
+        keys: keys.to_vec(),
+        ..ListOptions::default()
+    };
     let mut expands_to = 0u64;
     let listing = archive::list(data, &listed, &cancel, &mut |entry| {
         expands_to = expands_to.saturating_add(entry.size);

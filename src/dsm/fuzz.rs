@@ -54,11 +54,9 @@ pub fn reply(data: &[u8]) -> Result<(), String> {
         }),
     )?;
     let login = decode::<LoginReply>(api::AUTH, "login", data).map_err(|e| login_error("fuzz", e));
-    if let Err(err) = &login {
-        if let Error::Api { code, .. } = err {
-            if (400..=410).contains(code) {
-                return Err(format!("login code {code} not mapped to a login error"));
-            }
+    if let Err(Error::Api { code, .. }) = &login {
+        if (400..=410).contains(code) {
+            return Err(format!("login code {code} not mapped to a login error"));
         }
     }
     check(login.map(|_| Ok(())))

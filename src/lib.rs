@@ -141,6 +141,9 @@ pub mod dsm;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod event;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod repo;
 pub mod restore;
 pub mod retention;

@@ -124,18 +124,7 @@ impl Client {
 
     /// Turns DSM's login codes (400–410) into [`Error::Login`].
     fn login_error(&self, err: Error) -> Error {
-        match err {
-            Error::Api {
-                code: code @ 400..=410,
-                ..
-            } => Error::Login {
-                account: self.inner.user.clone(),
-                code,
-                meaning: code_meaning(api::AUTH, code),
-                refusal: LoginRefusal::from_code(code),
-            },
-            other => other,
-        }
+        login_error(&self.inner.user, err)
     }
 
     /// Ends the session on the NAS. A session that already expired is fine.
@@ -165,5 +154,22 @@ impl Client {
     /// and for callers who know the NAS rebooted.
     pub fn forget_session(&self) {
         lock(&self.inner.session).take();
+    }
+}
+
+/// Turns DSM's login codes (400–410) for `account` into [`Error::Login`];
+/// other errors pass through.
+pub(crate) fn login_error(account: &str, err: Error) -> Error {
+    match err {
+        Error::Api {
+            code: code @ 400..=410,
+            ..
+        } => Error::Login {
+            account: account.to_owned(),
+            code,
+            meaning: code_meaning(api::AUTH, code),
+            refusal: LoginRefusal::from_code(code),
+        },
+        other => other,
     }
 }

@@ -281,10 +281,7 @@ impl Client {
             "DSM call"
         );
         check_status(endpoint.api, method, status)?;
-        response
-            .bytes()
-            .await
-            .map_err(|e| Error::http(endpoint.api, method, e))
+        read_reply(response, endpoint.api, method).await
     }
 
     /// A form POST to an endpoint, with the session attached.
@@ -450,11 +447,45 @@ async fn query_info(
         .await
         .map_err(|e| Error::http(api::INFO, "query", e))?;
     check_status(api::INFO, "query", response.status())?;
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| Error::http(api::INFO, "query", e))?;
+    let body = read_reply(response, api::INFO, "query").await?;
     decode(api::INFO, "query", &body)
+}
+
+/// The largest JSON reply synback reads from the NAS. A listing page of
+/// 1000 entries is a few hundred KiB; anything near this limit is a broken
+/// or hostile peer, not a bigger folder.
+pub const MAX_REPLY_BYTES: usize = 4 << 20;
+
+/// Reads a JSON reply body, refusing one larger than [`MAX_REPLY_BYTES`]
+/// (announced or actual) before it is all in memory.
+pub(super) async fn read_reply(
+    mut response: reqwest::Response,
+    api: &str,
+    method: &str,
+) -> Result<Bytes> {
+    let too_large = || Error::ReplyTooLarge {
+        api: api.to_owned(),
+        method: method.to_owned(),
+        limit: MAX_REPLY_BYTES,
+    };
+    if response
+        .content_length()
+        .is_some_and(|len| len > MAX_REPLY_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| Error::http(api, method, e))?
+    {
+        if body.len() + chunk.len() > MAX_REPLY_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 #[cfg(test)]

@@ -297,6 +297,19 @@ pub enum Error {
         after: Duration,
     },
 
+    /// The NAS's JSON reply was larger than synback ever expects
+    /// ([`MAX_REPLY_BYTES`](crate::dsm::MAX_REPLY_BYTES)); it was not read
+    /// to its end.
+    #[error("{api}.{method}: the NAS's reply is larger than {limit} bytes; refusing to read it")]
+    ReplyTooLarge {
+        /// The API called.
+        api: String,
+        /// The method called.
+        method: String,
+        /// The limit that was exceeded.
+        limit: usize,
+    },
+
     /// A background task on the NAS ended in an unexpected state.
     #[error("{api} task for {path}: {reason}")]
     Task {

@@ -62,6 +62,8 @@ mod device;
 mod diagnose;
 mod error;
 mod files;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
 mod options;
 mod params;
 mod path;
@@ -70,7 +72,7 @@ mod transfer;
 mod wire;
 
 pub use api::{ApiTable, Endpoint, dsm_generation};
-pub use client::Client;
+pub use client::{Client, MAX_REPLY_BYTES};
 pub use device::{load_device_id, save_device_id};
 pub use diagnose::{Finding, Level, diagnose};
 pub use error::{Error, FileError, FileErrors, LoginRefusal, Result, code_meaning};

@@ -21,7 +21,7 @@ use reqwest::multipart::{Form, Part};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::api;
-use super::client::{Attempts, Client, Session, check_status, with_token};
+use super::client::{Attempts, Client, Session, check_status, read_reply, with_token};
 use super::error::{Error, Result};
 use super::params::{Format, Params};
 use super::path::{RemotePath, check_name};
@@ -243,7 +243,9 @@ impl Client {
         let idle = self.inner.timeouts.idle;
         let response = watch_idle(request.send(), &progress, idle, api::UPLOAD, "upload").await?;
         check_upload_status(target, response.status())?;
-        let reply = watch_idle(response.bytes(), &progress, idle, api::UPLOAD, "upload").await?;
+        let reply = tokio::time::timeout(idle, read_reply(response, api::UPLOAD, "upload"))
+            .await
+            .map_err(|_| timeout(api::UPLOAD, "upload", idle))??;
         match decode::<serde_json::Value>(api::UPLOAD, "upload", &reply) {
             Ok(_) => Ok(progress.bytes()),
             Err(err) if err.dsm_code() == Some(1800) && len.is_none() => {
@@ -379,10 +381,9 @@ async fn download_response(
     if !is_json_error_reply(&response) {
         return Ok(response);
     }
-    let body = tokio::time::timeout(idle, response.bytes())
+    let body = tokio::time::timeout(idle, read_reply(response, api::DOWNLOAD, "download"))
         .await
-        .map_err(|_| timeout(api::DOWNLOAD, "download", idle))?
-        .map_err(|e| Error::http(api::DOWNLOAD, "download", e))?;
+        .map_err(|_| timeout(api::DOWNLOAD, "download", idle))??;
     match decode::<serde_json::Value>(api::DOWNLOAD, "download", &body) {
         Err(err) if err.is_not_found() => Err(Error::NotFound {
             path: path.to_string(),

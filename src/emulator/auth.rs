@@ -72,6 +72,9 @@ pub(crate) struct Auth {
     sessions: Mutex<HashMap<String, Session>>,
     devices: Mutex<HashMap<String, String>>,
     failures: Mutex<HashMap<IpAddr, Failures>>,
+    /// Every sid, SynoToken and device id ever handed out, for tests that
+    /// check they never leak.
+    issued: Mutex<Vec<Secret>>,
 }
 
 /// Login and session limits.
@@ -131,7 +134,13 @@ impl Auth {
             sessions: Mutex::default(),
             devices: Mutex::default(),
             failures: Mutex::default(),
+            issued: Mutex::default(),
         }
+    }
+
+    /// Every sid, SynoToken and device id handed out so far.
+    pub fn issued(&self) -> Vec<Secret> {
+        lock(&self.issued).clone()
     }
 
     /// `SYNO.API.Auth` `login`.
@@ -175,6 +184,11 @@ impl Auth {
     fn open_session(&self, request: &LoginRequest<'_>, used_otp: bool, params: &Params) -> LoginOk {
         let sid = random_token(48);
         let token = request.want_syno_token.then(|| random_token(11));
+        lock(&self.issued).extend(
+            std::iter::once(&sid)
+                .chain(token.as_ref())
+                .map(|s| Secret::new(s.clone())),
+        );
         lock(&self.sessions).insert(
             sid.clone(),
             Session {
@@ -195,6 +209,7 @@ impl Auth {
         }
         if used_otp && request.want_device_token {
             let did = random_token(40);
+            lock(&self.issued).push(Secret::new(did.clone()));
             let name = params.string("device_name").unwrap_or_default();
             lock(&self.devices).insert(did.clone(), name);
             data["did"] = json!(did);

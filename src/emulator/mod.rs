@@ -44,6 +44,8 @@ mod download;
 mod error;
 mod faults;
 mod files;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
 mod log;
 mod params;
 mod paths;
@@ -95,6 +97,44 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The state of an emulator serving `cfg`: folders created, OTP and
+    /// request log ready. No socket is bound.
+    pub(crate) fn new(cfg: EmulatorConfig) -> Result<Arc<Self>, Error> {
+        prepare_folders(&cfg)?;
+        let totp = cfg
+            .otp_secret
+            .as_ref()
+            .map(|s| Totp::from_base32(&Secret::new(s.clone())))
+            .transpose()
+            .map_err(Error::Otp)?;
+        let log = log::RequestLog::open(cfg.request_log.as_deref())?;
+        Ok(Arc::new(Shared {
+            root: cfg.root.clone(),
+            fs: files::FsCtx {
+                shares: paths::Shares::new(cfg.root.clone(), cfg.shares.clone()),
+                user: cfg.user.clone(),
+                list_default_limit: cfg.list_default_limit,
+            },
+            auth: auth::Auth::new(
+                cfg.user,
+                cfg.password,
+                totp,
+                &auth::AuthLimits {
+                    max_failures: cfg.max_login_failures,
+                    block_for: cfg.login_block,
+                    idle_timeout: cfg.session_idle_timeout,
+                },
+            ),
+            tasks: tasks::Tasks::default(),
+            faults: FaultHandle::new(cfg.faults),
+            log,
+            strict_content_length: cfg.strict_content_length,
+            hostname: cfg.hostname,
+            started: Instant::now(),
+            seq: AtomicU64::new(0),
+        }))
+    }
+
     fn next_seq(&self) -> u64 {
         self.seq.fetch_add(1, Ordering::SeqCst) + 1
     }
@@ -146,19 +186,9 @@ impl Emulator {
     /// # Cancel safety
     /// Dropping the future before it completes leaves nothing running.
     pub async fn start(cfg: EmulatorConfig, listen: SocketAddr) -> Result<Self, Error> {
-        prepare_folders(&cfg)?;
-        let totp = cfg
-            .otp_secret
-            .as_ref()
-            .map(|s| Totp::from_base32(&Secret::new(s.clone())))
-            .transpose()
-            .map_err(Error::Otp)?;
-        let log = log::RequestLog::open(cfg.request_log.as_deref())?;
-        let tls = if cfg.tls {
-            Some(tls::self_signed()?)
-        } else {
-            None
-        };
+        let tls = cfg.tls;
+        let shared = Shared::new(cfg)?;
+        let tls = if tls { Some(tls::self_signed()?) } else { None };
         let tcp = TcpListener::bind(listen)
             .await
             .map_err(|source| Error::Bind {
@@ -169,31 +199,6 @@ impl Emulator {
             addr: listen,
             source,
         })?;
-        let shared = Arc::new(Shared {
-            root: cfg.root.clone(),
-            fs: files::FsCtx {
-                shares: paths::Shares::new(cfg.root.clone(), cfg.shares.clone()),
-                user: cfg.user.clone(),
-                list_default_limit: cfg.list_default_limit,
-            },
-            auth: auth::Auth::new(
-                cfg.user,
-                cfg.password,
-                totp,
-                &auth::AuthLimits {
-                    max_failures: cfg.max_login_failures,
-                    block_for: cfg.login_block,
-                    idle_timeout: cfg.session_idle_timeout,
-                },
-            ),
-            tasks: tasks::Tasks::default(),
-            faults: FaultHandle::new(cfg.faults),
-            log,
-            strict_content_length: cfg.strict_content_length,
-            hostname: cfg.hostname,
-            started: Instant::now(),
-            seq: AtomicU64::new(0),
-        });
         let stop = CancellationToken::new();
         let (scheme, cert_sha256, acceptor) = match tls {
             Some(t) => ("https", Some(t.sha256), Some(t.acceptor)),
@@ -245,6 +250,12 @@ impl Emulator {
     /// The requests served so far (the last 10 000), secrets masked.
     pub fn request_log(&self) -> Vec<LoggedRequest> {
         self.shared.log.snapshot()
+    }
+
+    /// Every session id, SynoToken and device id this emulator handed out,
+    /// so tests can check that none of them leaks into logs or errors.
+    pub fn issued_secrets(&self) -> Vec<Secret> {
+        self.shared.auth.issued()
     }
 
     /// As if the NAS rebooted: every session and task is lost, files and

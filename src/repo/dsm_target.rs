@@ -146,7 +146,22 @@ impl DsmTarget {
             .list(self.folder.as_str())
             .await
             .map_err(|e| self.fail(Operation::List, "", e))?;
-        Ok(entries.into_iter().map(remote_entry).collect())
+        let folder = self.folder.as_str().trim_end_matches('/');
+        Ok(entries
+            .into_iter()
+            .filter(|e| {
+                // A broken or hostile NAS may list `..`, names with
+                // separators, or entries of another folder: they are not
+                // ours, so they are never followed, renamed or deleted.
+                let ours = validate_name(&e.name).is_ok()
+                    && (e.path.is_empty() || e.path == format!("{folder}/{}", e.name));
+                if !ours {
+                    tracing::warn!(name = %e.name, path = %e.path, folder, "ignoring a listed entry that is not a plain name in the job folder");
+                }
+                ours
+            })
+            .map(remote_entry)
+            .collect())
     }
 }
 

@@ -215,7 +215,7 @@ pub struct RawEncryption {
     /// `recipients = ["age1..."]`.
     #[serde(default)]
     pub recipients: Vec<SpannedString>,
-    /// `identity_file = "/root/synback-age.key"`: used by restore only.
+    /// `identity_file = "/etc/synback/age-key.txt"`: used by restore only.
     pub identity_file: Option<Spanned<PathBuf>>,
 }
 

@@ -647,7 +647,7 @@ fn secret_key_as_recipient_is_not_echoed() {
 
 #[test]
 fn encryption_without_recipients() {
-    let text = with_job("[job.encryption]\nidentity_file = \"/root/key.txt\"");
+    let text = with_job("[job.encryption]\nidentity_file = \"/etc/synback/key.txt\"");
     invalid(
         &text,
         "job[home].encryption.recipients",

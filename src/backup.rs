@@ -251,7 +251,7 @@ pub async fn run(
     let started = Instant::now();
     events.event(Event::Phase(Phase::Connecting));
     target.ensure_folder().await?;
-    let id = SnapshotId::new(opts.job.clone(), now);
+    let (id, now) = fresh_id(target.as_ref(), &opts.job, now).await?;
     let info = LockInfo::for_this_process(now).with_snapshot(&id);
     let lock = Lock::acquire(target.as_ref(), info, &opts.lock, now).await?;
     info!(snapshot = %id, "lock taken");
@@ -463,17 +463,53 @@ async fn delete_quietly(target: &dyn Target, name: &str) {
 
 /// Deletes every file of snapshot `id` that is not committed: its partials
 /// and, since no manifest was written, its already renamed volumes.
+///
+/// A committed snapshot (one with a manifest) is never touched, whatever its
+/// id.
 async fn remove_partials_of(target: &dyn Target, job: &JobName, id: &SnapshotId) {
     let Ok(entries) = target.list().await else {
         warn!(snapshot = %id, "could not list the folder to remove this run's uploads");
         return;
     };
-    for entry in entries {
-        let ours =
-            layout::parse_name(job, &entry.name).is_some_and(|kind| kind.snapshot_id() == Some(id));
-        if ours && !entry.is_dir {
-            delete_quietly(target, &entry.name).await;
+    let listing = Listing::classify(job, entries);
+    let partials = listing
+        .partials
+        .iter()
+        .filter(|p| &p.id == id)
+        .map(|p| p.entry.name.clone());
+    let orphans = listing
+        .orphans
+        .iter()
+        .filter(|o| &o.id == id)
+        .flat_map(|o| o.deletion_order());
+    let names: Vec<String> = partials.chain(orphans).collect();
+    for name in names {
+        delete_quietly(target, &name).await;
+    }
+}
+
+/// The id of this run's snapshot, and its time: `now`, moved on by whole
+/// seconds while any file of the job folder already carries that id (ids
+/// have one-second resolution, and two runs can end within one second), so
+/// a run never collides with, or cleans up, another run's files.
+async fn fresh_id(
+    target: &dyn Target,
+    job: &JobName,
+    now: DateTime<Utc>,
+) -> Result<(SnapshotId, DateTime<Utc>), Error> {
+    let taken: std::collections::HashSet<SnapshotId> = target
+        .list()
+        .await?
+        .iter()
+        .filter_map(|e| layout::parse_name(job, &e.name)?.snapshot_id().cloned())
+        .collect();
+    let mut at = now;
+    loop {
+        let id = SnapshotId::new(job.clone(), at);
+        if !taken.contains(&id) {
+            return Ok((id, at));
         }
+        at += chrono::TimeDelta::seconds(1);
     }
 }
 

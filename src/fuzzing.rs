@@ -132,10 +132,10 @@ fn unpack_checked(data: &[u8], keys: &[DecryptKey]) -> Result<(), String> {
     let mut opts = UnpackOptions::new(&target);
     opts.keys = keys.to_vec();
     let unpacked = archive::unpack(data, &opts, &cancel);
-    if let Err(err) = &unpacked {
-        if crate::error_chain(err).is_empty() {
-            return Err("archive error without a message".into());
-        }
+    if let Err(err) = &unpacked
+        && crate::error_chain(err).is_empty()
+    {
+        return Err("archive error without a message".into());
     }
     let mut names: Vec<_> = std::fs::read_dir(base.path())
         .map_err(|e| e.to_string())?

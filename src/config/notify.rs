@@ -135,15 +135,15 @@ pub(crate) fn mqtt(
             })?,
     };
     let user = raw.user.as_ref().map(|u| u.get_ref().trim().to_owned());
-    if let (Some(value), Some(user)) = (&raw.user, &user) {
-        if user.is_empty() {
-            return Err(ctx.invalid(
-                Some(value.span()),
-                "mqtt.user",
-                "the user name is empty",
-                "write the broker user, or remove the key for an anonymous broker",
-            ));
-        }
+    if let (Some(value), Some(user)) = (&raw.user, &user)
+        && user.is_empty()
+    {
+        return Err(ctx.invalid(
+            Some(value.span()),
+            "mqtt.user",
+            "the user name is empty",
+            "write the broker user, or remove the key for an anonymous broker",
+        ));
     }
     let password = match &raw.password_file {
         None => None,

@@ -54,10 +54,10 @@ pub fn reply(data: &[u8]) -> Result<(), String> {
         }),
     )?;
     let login = decode::<LoginReply>(api::AUTH, "login", data).map_err(|e| login_error("fuzz", e));
-    if let Err(Error::Api { code, .. }) = &login {
-        if (400..=410).contains(code) {
-            return Err(format!("login code {code} not mapped to a login error"));
-        }
+    if let Err(Error::Api { code, .. }) = &login
+        && (400..=410).contains(code)
+    {
+        return Err(format!("login code {code} not mapped to a login error"));
     }
     check(login.map(|_| Ok(())))
 }
@@ -70,10 +70,10 @@ fn check(result: Result<Result<(), String>, Error>) -> Result<(), String> {
             if text.is_empty() || format!("{err:?}").is_empty() {
                 return Err("an error without a message".into());
             }
-            if let Error::Api { api, code, .. } = &err {
-                if err.dsm_code() != Some(*code) || code_meaning(api, *code).is_empty() {
-                    return Err(format!("DSM code {code} lost or without meaning"));
-                }
+            if let Error::Api { api, code, .. } = &err
+                && (err.dsm_code() != Some(*code) || code_meaning(api, *code).is_empty())
+            {
+                return Err(format!("DSM code {code} lost or without meaning"));
             }
             let _ = (
                 err.is_transient(),

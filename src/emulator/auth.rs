@@ -2,7 +2,7 @@
 //! blocking of IPs that keep failing.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::IpAddr,
     sync::Mutex,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -72,10 +72,14 @@ pub(crate) struct Auth {
     sessions: Mutex<HashMap<String, Session>>,
     devices: Mutex<HashMap<String, String>>,
     failures: Mutex<HashMap<IpAddr, Failures>>,
-    /// Every sid, SynoToken and device id ever handed out, for tests that
-    /// check they never leak.
-    issued: Mutex<Vec<Secret>>,
+    /// The last [`ISSUED_KEPT`] sids, SynoTokens and device ids handed out,
+    /// for tests that check they never leak (bounded: an emulator may run
+    /// for months).
+    issued: Mutex<VecDeque<Secret>>,
 }
+
+/// Issued secrets remembered for leak checks.
+const ISSUED_KEPT: usize = 4096;
 
 /// Login and session limits.
 #[derive(Debug, Clone, Copy)]
@@ -138,9 +142,17 @@ impl Auth {
         }
     }
 
-    /// Every sid, SynoToken and device id handed out so far.
+    /// The sids, SynoTokens and device ids handed out (the last
+    /// [`ISSUED_KEPT`]).
     pub fn issued(&self) -> Vec<Secret> {
-        lock(&self.issued).clone()
+        lock(&self.issued).iter().cloned().collect()
+    }
+
+    fn remember_issued(&self, secrets: impl IntoIterator<Item = Secret>) {
+        let mut issued = lock(&self.issued);
+        issued.extend(secrets);
+        let excess = issued.len().saturating_sub(ISSUED_KEPT);
+        issued.drain(..excess);
     }
 
     /// `SYNO.API.Auth` `login`.
@@ -184,7 +196,7 @@ impl Auth {
     fn open_session(&self, request: &LoginRequest<'_>, used_otp: bool, params: &Params) -> LoginOk {
         let sid = random_token(48);
         let token = request.want_syno_token.then(|| random_token(11));
-        lock(&self.issued).extend(
+        self.remember_issued(
             std::iter::once(&sid)
                 .chain(token.as_ref())
                 .map(|s| Secret::new(s.clone())),
@@ -209,7 +221,7 @@ impl Auth {
         }
         if used_otp && request.want_device_token {
             let did = random_token(40);
-            lock(&self.issued).push(Secret::new(did.clone()));
+            self.remember_issued([Secret::new(did.clone())]);
             let name = params.string("device_name").unwrap_or_default();
             lock(&self.devices).insert(did.clone(), name);
             data["did"] = json!(did);

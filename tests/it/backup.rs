@@ -371,3 +371,36 @@ async fn foreign_files_in_the_job_folder_are_never_touched() {
         );
     }
 }
+
+/// Snapshot ids have one-second resolution. A second run within the same
+/// second must not collide with the first snapshot, and above all must not
+/// remove it while cleaning up after itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runs_in_one_second_keep_both_snapshots() {
+    use std::sync::Arc;
+    use synback::backup::{self, BackupOptions};
+    use synback::repo::memory::MemoryTarget;
+    use synback::repo::target::Target;
+
+    let dir = tempfile::tempdir().unwrap();
+    crate::support::sample_tree(&dir.path().join("data"));
+    let job = synback::repo::layout::JobName::new("home").unwrap();
+    let opts = BackupOptions::new(
+        job.clone(),
+        synback::archive::PackOptions::new([dir.path().join("data")]),
+    );
+    let target: Arc<dyn Target> = Arc::new(MemoryTarget::with_folder());
+    let events: synback::event::Events = Arc::new(synback::event::NoEvents);
+    let now = chrono::Utc::now();
+    let first = backup::run(target.clone(), &opts, events.clone(), cancel(), now)
+        .await
+        .unwrap();
+    let second = backup::run(target.clone(), &opts, events, cancel(), now)
+        .await
+        .unwrap();
+    assert_ne!(first.snapshot, second.snapshot);
+    let listing = synback::repo::listing::Listing::classify(&job, target.list().await.unwrap());
+    let ids: Vec<String> = listing.snapshots.iter().map(|s| s.id.to_string()).collect();
+    assert_eq!(ids, vec![first.snapshot, second.snapshot]);
+    assert!(listing.orphans.is_empty() && listing.partials.is_empty());
+}

@@ -89,12 +89,12 @@ fn with_nas_lines(world: &World, lines: &str, password_file: Option<&Path>) -> C
 
 async fn wait_runs(state: &Path, job: &str, runs: u64) -> synback::schedule::JobStatus {
     for _ in 0..600 {
-        if let Ok(status) = read_status(state) {
-            if let Some(job) = status.jobs.get(job) {
-                if job.runs >= runs && !job.running {
-                    return job.clone();
-                }
-            }
+        if let Ok(status) = read_status(state)
+            && let Some(job) = status.jobs.get(job)
+            && job.runs >= runs
+            && !job.running
+        {
+            return job.clone();
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

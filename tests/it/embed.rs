@@ -15,37 +15,16 @@ use synback::config::{Config, ConfigEnv};
 use crate::support::{PASSWORD, USER, World, tree_diff};
 
 /// `target/<profile>/examples/<name>`, from `target/<profile>/deps/it-*`.
-/// `cargo build --examples` puts it there; `cargo test --all-targets` builds
-/// it too but leaves it as `<name>-<hash>`, so the newest such file counts.
 fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("examples");
-    let plain = dir.join(name);
-    if plain.is_file() {
-        return plain;
-    }
-    let prefix = format!("{name}-");
-    let hashed = std::fs::read_dir(&dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            let file = e.file_name().to_string_lossy().into_owned();
-            file.starts_with(&prefix) && !file.contains('.')
-        })
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-        .max();
-    match hashed {
-        Some((_, path)) => path,
-        None => panic!(
-            "{} is not built: run `cargo test --all-targets` or `cargo build --examples` first",
-            plain.display()
-        ),
-    }
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built: run `cargo test --all-targets` or `cargo build --examples` first",
+        path.display()
+    );
+    path
 }
 
 async fn run(program: PathBuf, world: &World, args: &[&str]) -> Output {

@@ -49,44 +49,12 @@ pub fn source_tree(dir: &Path, noise_bytes: usize) {
     std::fs::write(dir.join("noise2.bin"), noise(noise_bytes / 2, 11)).unwrap();
 }
 
-/// A config for a job `home` of `source` on the emulator at `url`.
+/// A config for a job `home` of `source` on the emulator at `url`, with
+/// 1 MiB volumes and quick retries.
 pub fn write_config(dir: &Path, url: &str, source: &Path, extra_job: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let password = dir.join("password");
-    std::fs::write(&password, PASSWORD).unwrap();
-    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let text = format!(
-        r#"[nas]
-url = "{url}"
-user = "{USER}"
-password_file = "{pw}"
-request_timeout = "20s"
-idle_timeout = "20s"
-
-[state]
-dir = "{state}"
-
-[retry]
-max_attempts = 4
-base_delay = "20ms"
-max_delay = "100ms"
-
-[[job]]
-name = "home"
-sources = ["{src}"]
-share = "backup"
-path = "pc"
-volume_size = "1MiB"
-{extra_job}
-"#,
-        pw = password.display(),
-        state = dir.join("state").display(),
-        src = source.display(),
-    );
-    let path = dir.join("synback.toml");
-    std::fs::write(&path, text).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
+    let retry = "max_attempts = 4\nbase_delay = \"20ms\"\nmax_delay = \"100ms\"";
+    let job = format!("volume_size = \"1MiB\"\n{extra_job}");
+    crate::support::write_config_file(dir, url, source, retry, &job)
 }
 
 fn agent(config: &Path) -> Agent {

@@ -54,40 +54,14 @@ impl World {
 
     /// (Re)writes the config file.
     pub fn write_config(&self, extra_job: &str) {
-        let password_file = self.dir.path().join("password");
-        std::fs::write(&password_file, PASSWORD).unwrap();
-        std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let text = format!(
-            r#"[nas]
-url = "{url}"
-user = "{USER}"
-password_file = "{pw}"
-request_timeout = "20s"
-idle_timeout = "20s"
-
-[state]
-dir = "{state}"
-
-[retry]
-max_attempts = 6
-base_delay = "50ms"
-max_delay = "200ms"
-
-[[job]]
-name = "home"
-sources = ["{src}"]
-share = "backup"
-path = "pc"
-{extra_job}
-"#,
-            url = self.nas.url(),
-            pw = password_file.display(),
-            state = self.dir.path().join("state").display(),
-            src = self.source.display(),
+        let retry = "max_attempts = 6\nbase_delay = \"50ms\"\nmax_delay = \"200ms\"";
+        write_config_file(
+            self.dir.path(),
+            &self.nas.url(),
+            &self.source,
+            retry,
+            extra_job,
         );
-        std::fs::write(&self.config_path, text).unwrap();
-        std::fs::set_permissions(&self.config_path, std::fs::Permissions::from_mode(0o600))
-            .unwrap();
     }
 
     pub fn config(&self) -> Config {
@@ -225,4 +199,49 @@ pub fn disk_usage(dir: &Path) -> u64 {
         };
     }
     total
+}
+
+/// Writes `dir/password` and `dir/synback.toml` (both mode 600): a job
+/// `home` of `source` in `backup/pc` on the emulator at `url`, with the
+/// `[retry]` keys `retry` and the extra job keys `extra_job`. Returns the
+/// config's path.
+pub fn write_config_file(
+    dir: &Path,
+    url: &str,
+    source: &Path,
+    retry: &str,
+    extra_job: &str,
+) -> PathBuf {
+    let password_file = dir.join("password");
+    std::fs::write(&password_file, PASSWORD).unwrap();
+    std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = format!(
+        r#"[nas]
+url = "{url}"
+user = "{USER}"
+password_file = "{pw}"
+request_timeout = "20s"
+idle_timeout = "20s"
+
+[state]
+dir = "{state}"
+
+[retry]
+{retry}
+
+[[job]]
+name = "home"
+sources = ["{src}"]
+share = "backup"
+path = "pc"
+{extra_job}
+"#,
+        pw = password_file.display(),
+        state = dir.join("state").display(),
+        src = source.display(),
+    );
+    let path = dir.join("synback.toml");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
 }

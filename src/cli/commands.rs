@@ -55,6 +55,24 @@ fn agent(config: Config, printer: &Printer) -> Agent {
     Agent::new(config).with_events(printer.events())
 }
 
+/// The start of the commands that work on one job or on all of them: the
+/// config, the job given (else every job), the printer and the agent. `Err`
+/// is the exit code after the config error was printed.
+fn jobs_and_agent(
+    config: &ConfigArg,
+    job: Option<&str>,
+    json: bool,
+) -> Result<(Vec<String>, Printer, Agent), u8> {
+    let config = config.load()?;
+    let jobs = match job {
+        Some(job) => vec![job.to_owned()],
+        None => config.jobs.iter().map(|j| j.name.clone()).collect(),
+    };
+    let printer = Printer::new(json);
+    let agent = agent(config, &printer);
+    Ok((jobs, printer, agent))
+}
+
 /// Cancels `token` on Ctrl-C or SIGTERM, so that runs clean up their partials.
 pub fn cancel_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
@@ -156,16 +174,10 @@ pub struct ListArgs {
 }
 
 pub async fn list(config: &ConfigArg, args: ListArgs) -> u8 {
-    let config = match config.load() {
-        Ok(c) => c,
+    let (jobs, printer, agent) = match jobs_and_agent(config, args.job.as_deref(), args.json) {
+        Ok(started) => started,
         Err(code) => return code,
     };
-    let jobs = match &args.job {
-        Some(job) => vec![job.clone()],
-        None => config.jobs.iter().map(|j| j.name.clone()).collect(),
-    };
-    let printer = Printer::new(args.json);
-    let agent = agent(config, &printer);
     let mut all = Vec::new();
     for job in jobs {
         match agent.snapshots(&job).await {
@@ -250,16 +262,10 @@ pub struct ForgetArgs {
 }
 
 pub async fn forget(config: &ConfigArg, args: ForgetArgs) -> u8 {
-    let config = match config.load() {
-        Ok(c) => c,
+    let (jobs, printer, agent) = match jobs_and_agent(config, args.job.as_deref(), args.json) {
+        Ok(started) => started,
         Err(code) => return code,
     };
-    let jobs = match &args.job {
-        Some(job) => vec![job.clone()],
-        None => config.jobs.iter().map(|j| j.name.clone()).collect(),
-    };
-    let printer = Printer::new(args.json);
-    let agent = agent(config, &printer);
     for job in jobs {
         match agent.forget(&job, args.dry_run).await {
             Ok(report) => output::print_forget(&printer, &job, &report, args.dry_run),

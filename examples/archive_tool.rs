@@ -5,6 +5,7 @@
 //! archive_tool pack DIR... -o OUT [--level N] [--workers N] [--long]
 //!                          [--recipient AGE1...] [--volume-size BYTES]
 //!                          [--job-size BYTES (0 = zstd's default)]
+//!                          [--overlap-log 1..9 (zstd's overlapLog; 0 = zstd's default)]
 //! archive_tool unpack FILE DIR [--identity FILE] [--overwrite]
 //! archive_tool list FILE [--identity FILE]
 //! archive_tool gen DIR --size BYTES [--seed N]
@@ -72,6 +73,7 @@ fn pack(args: &[String]) -> Res {
             "--recipient" => o.recipients.push(v.clone()),
             "--volume-size" => o.volume_size = Some(v.parse()?),
             "--job-size" => o.zstd_job_size = Some(v.parse()?).filter(|&n| n > 0),
+            "--overlap-log" => o.zstd_overlap_log = Some(v.parse()?).filter(|&n| n > 0),
             other => return Err(format!("unknown option {other}").into()),
         }
     }

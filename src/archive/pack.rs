@@ -32,6 +32,12 @@ const PROGRESS_EVERY: u64 = 16 << 20;
 /// window, 8 MiB at level 3) makes the buffer pool grow past 64 MiB with two
 /// workers; 1 MiB jobs keep it near 20 MiB, flat.
 pub const ZSTD_JOB_SIZE: u32 = 1 << 20;
+/// Default zstd `overlapLog` with [`ZSTD_JOB_SIZE`] jobs: each job reloads
+/// 1/32 of the window (64 KiB at level 3) from the job before it. zstd's
+/// own choice (1/8, 256 KiB) suits 8 MiB jobs; with 1 MiB jobs the reload
+/// is a quarter of every job, about 5 % of all compression work, for no
+/// gain in ratio on the benchmark data (docs/BENCHMARKS.md).
+pub const ZSTD_OVERLAP_LOG: u32 = 4;
 /// Issues kept in the summary; more are counted and logged, not stored.
 pub const MAX_ISSUES: usize = 10_000;
 
@@ -64,6 +70,11 @@ pub struct PackOptions {
     /// little faster. Default 1 MiB; `None` lets zstd choose (8 MiB at
     /// level 3). Ignored with `long_distance`.
     pub zstd_job_size: Option<u32>,
+    /// Advanced: how much of the window each multithreaded zstd job reloads
+    /// from the job before it, as zstd's `overlapLog` (1 = none, 9 = the
+    /// whole window, each step doubles). Default [`ZSTD_OVERLAP_LOG`];
+    /// `None` lets zstd choose. Only used together with `zstd_job_size`.
+    pub zstd_overlap_log: Option<u32>,
 }
 
 impl Default for PackOptions {
@@ -80,6 +91,7 @@ impl Default for PackOptions {
             passphrase: None,
             volume_size: None,
             zstd_job_size: Some(ZSTD_JOB_SIZE),
+            zstd_overlap_log: Some(ZSTD_OVERLAP_LOG),
         }
     }
 }
@@ -299,6 +311,10 @@ fn zstd_encoder<'s>(out: Out<'s>, opts: &PackOptions) -> Result<Encoder<'s>> {
         if let (Some(size), false) = (opts.zstd_job_size, opts.long_distance) {
             enc.set_parameter(CParameter::JobSize(size))
                 .map_err(configure)?;
+            if let Some(log) = opts.zstd_overlap_log {
+                enc.set_parameter(CParameter::OverlapSizeLog(log))
+                    .map_err(configure)?;
+            }
         }
     }
     if opts.long_distance {

@@ -22,9 +22,11 @@ const PAGE: u64 = 1000;
 /// backup waits on the MD5 task of every volume, so time between the task's
 /// end and our noticing it is time lost.
 const POLL_FIRST: Duration = Duration::from_millis(20);
-/// Growth of the delay between polls, in percent: gentle, so that a task is
-/// noticed at most a quarter of its running time late.
-const POLL_GROWTH_PERCENT: u32 = 125;
+/// The delay between polls is the task's running time so far divided by
+/// this: a finished task is noticed at most an eighth of its time late
+/// (the last volume's MD5 is the tail of every backup), and a long task on
+/// a slow NAS is not asked about more than twice a second.
+const POLL_LATE_FRACTION: u32 = 8;
 /// Longest delay between task status polls.
 const POLL_MAX: Duration = Duration::from_millis(500);
 
@@ -302,6 +304,7 @@ impl Client {
         path: &str,
         cancel: &CancellationToken,
     ) -> Result<TaskStatus> {
+        let started = tokio::time::Instant::now();
         let mut delay = POLL_FIRST;
         loop {
             tokio::select! {
@@ -317,7 +320,7 @@ impl Client {
             if status.finished {
                 return Ok(status);
             }
-            delay = (delay * POLL_GROWTH_PERCENT / 100).min(POLL_MAX);
+            delay = (started.elapsed() / POLL_LATE_FRACTION).clamp(POLL_FIRST, POLL_MAX);
         }
     }
 

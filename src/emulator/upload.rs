@@ -3,16 +3,16 @@
 //! Memory use does not depend on the file size.
 
 use std::{
-    io::{Read, Seek, SeekFrom, Write},
+    io::{IoSlice, Read, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
     sync::atomic::AtomicBool,
     time::{Duration, UNIX_EPOCH},
 };
 
 use axum::extract::multipart::Field;
+use bytes::Bytes;
 use rand::RngExt;
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
 
 use super::{
     Shared,
@@ -189,13 +189,14 @@ async fn stream_to(
     budget: Option<u64>,
     quota_code: i32,
 ) -> Result<(), Fail> {
-    let mut file = tokio::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)
-        .await
         .map_err(|_| Fail::new(code::IO))?;
+    let mut writer = BatchWriter::new(file);
     let mut written = 0u64;
+    let mut batch = Batch::default();
     loop {
         let chunk = match field.chunk().await {
             Ok(Some(chunk)) => chunk,
@@ -204,15 +205,83 @@ async fn stream_to(
         };
         written += chunk.len() as u64;
         if budget.is_some_and(|b| written > b) {
-            drop(file);
+            drop(writer);
             drain(field).await;
             return Err(Fail::new(quota_code));
         }
-        file.write_all(&chunk)
-            .await
-            .map_err(|_| Fail::new(code::IO))?;
+        batch.push(chunk);
+        if batch.len >= WRITE_BATCH {
+            writer.start(std::mem::take(&mut batch)).await?;
+        }
     }
-    file.flush().await.map_err(|_| Fail::new(code::IO))?;
+    writer.start(batch).await?;
+    writer.idle_file().await.map(drop)
+}
+
+/// Bytes gathered before one write to the upload's file.
+const WRITE_BATCH: usize = 1 << 20;
+
+/// Pieces of the body as they arrived (a few KiB each), not copied.
+#[derive(Default)]
+struct Batch {
+    pieces: Vec<Bytes>,
+    len: usize,
+}
+
+impl Batch {
+    fn push(&mut self, piece: Bytes) {
+        // An empty piece would make the vectored write return 0.
+        if !piece.is_empty() {
+            self.len += piece.len();
+            self.pieces.push(piece);
+        }
+    }
+}
+
+/// Writes batches on the blocking pool, one in flight while the next one
+/// is received: a write per piece would be a trip to the pool per few KiB.
+struct BatchWriter {
+    file: Option<std::fs::File>,
+    busy: Option<tokio::task::JoinHandle<std::io::Result<std::fs::File>>>,
+}
+
+impl BatchWriter {
+    fn new(file: std::fs::File) -> Self {
+        Self {
+            file: Some(file),
+            busy: None,
+        }
+    }
+
+    /// The file, once the write in flight (if any) is done.
+    async fn idle_file(&mut self) -> Result<std::fs::File, Fail> {
+        let io = || Fail::new(code::IO);
+        match self.busy.take() {
+            Some(write) => write.await.map_err(|_| io())?.map_err(|_| io()),
+            None => self.file.take().ok_or_else(io),
+        }
+    }
+
+    async fn start(&mut self, batch: Batch) -> Result<(), Fail> {
+        let mut file = self.idle_file().await?;
+        self.busy = Some(tokio::task::spawn_blocking(move || {
+            write_pieces(&mut file, &batch.pieces).map(|()| file)
+        }));
+        Ok(())
+    }
+}
+
+fn write_pieces(file: &mut std::fs::File, pieces: &[Bytes]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
 

@@ -832,6 +832,11 @@ mod stream {
 
     /// Chunks are gathered to this size before they are sent to the uploader.
     const CHUNK: usize = 256 * 1024;
+    /// Chunks in flight to the uploader (4 MiB): the compressor only waits
+    /// for the network when the network is really behind, not when the
+    /// uploading task is briefly descheduled (a stalled compressor also
+    /// stalls the zstd workers waiting on it).
+    const IN_FLIGHT: usize = 16;
 
     enum Message {
         Begin(u32, mpsc::Receiver<io::Result<Bytes>>),
@@ -863,7 +868,7 @@ mod stream {
 
     impl VolumeSink for StreamSink {
         fn begin_volume(&mut self, index: u32) -> io::Result<()> {
-            let (tx, rx) = mpsc::channel(4);
+            let (tx, rx) = mpsc::channel(IN_FLIGHT);
             self.chunks = Some(tx);
             self.control
                 .blocking_send(Message::Begin(index, rx))

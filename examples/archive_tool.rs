@@ -72,8 +72,8 @@ fn pack(args: &[String]) -> Res {
             "--long" => o.long_distance = true,
             "--recipient" => o.recipients.push(v.clone()),
             "--volume-size" => o.volume_size = Some(v.parse()?),
-            "--job-size" => o.zstd_job_size = Some(v.parse()?).filter(|&n| n > 0),
-            "--overlap-log" => o.zstd_overlap_log = Some(v.parse()?).filter(|&n| n > 0),
+            "--job-size" => o.zstd_job_size = Some(v.parse()?),
+            "--overlap-log" => o.zstd_overlap_log = Some(v.parse()?),
             other => return Err(format!("unknown option {other}").into()),
         }
     }

@@ -28,16 +28,24 @@ const READ_BUF: usize = 1 << 20;
 const TAR_BUF: usize = 256 * 1024;
 /// Report progress at least this often while reading a big file.
 const PROGRESS_EVERY: u64 = 16 << 20;
-/// Default zstd job size in multithreaded mode. zstd's own default (4 ×
-/// window, 8 MiB at level 3) makes the buffer pool grow past 64 MiB with two
-/// workers; 1 MiB jobs keep it near 20 MiB, flat.
-pub const ZSTD_JOB_SIZE: u32 = 1 << 20;
-/// Default zstd `overlapLog` with [`ZSTD_JOB_SIZE`] jobs: each job reloads
-/// 1/32 of the window (64 KiB at level 3) from the job before it. zstd's
-/// own choice (1/8, 256 KiB) suits 8 MiB jobs; with 1 MiB jobs the reload
-/// is a quarter of every job, about 5 % of all compression work, for no
-/// gain in ratio on the benchmark data (docs/BENCHMARKS.md).
-pub const ZSTD_OVERLAP_LOG: u32 = 4;
+/// zstd's buffers in multithreaded mode take about 7 × job size × workers
+/// (its own default, 8 MiB jobs at level 3, took the pack past 100 MiB with
+/// two workers). synback's default job size is this budget divided among
+/// the workers, kept between [`ZSTD_JOB_MIN`] and [`ZSTD_JOB_MAX`]: 2 MiB
+/// jobs for up to two workers (about 35 MiB in all), 1 MiB beyond.
+const ZSTD_JOB_BUDGET: u32 = 4 << 20;
+/// Smallest default job: smaller jobs mean more hand-offs between the
+/// thread that feeds zstd and its workers, which then wait.
+pub const ZSTD_JOB_MIN: u32 = 1 << 20;
+/// Largest default job.
+pub const ZSTD_JOB_MAX: u32 = 2 << 20;
+/// Default zstd `overlapLog` for a [`ZSTD_JOB_MIN`] job; one more per
+/// doubling of the job. Each job reloads 1/32 of the window (64 KiB at
+/// level 3) per MiB of job from the job before it. zstd's own choice (1/8
+/// of the window, 256 KiB) suits its 8 MiB jobs; with 1 MiB jobs that
+/// reload is a quarter of every job, about 5 % of all compression work,
+/// for no gain in ratio on the benchmark data (docs/BENCHMARKS.md).
+const ZSTD_OVERLAP_LOG_MIN_JOB: u32 = 4;
 /// Issues kept in the summary; more are counted and logged, not stored.
 pub const MAX_ISSUES: usize = 10_000;
 
@@ -66,14 +74,16 @@ pub struct PackOptions {
     /// Cut the output into volumes of this many bytes; `None` = one volume.
     pub volume_size: Option<u64>,
     /// Advanced: input bytes per zstd job when multithreaded. Smaller jobs
-    /// use less memory (about 10 × job size × workers), larger ones are a
-    /// little faster. Default 1 MiB; `None` lets zstd choose (8 MiB at
-    /// level 3). Ignored with `long_distance`.
+    /// use less memory (about 7 × job size × workers), larger ones are a
+    /// little faster. `None` (the default): 2 MiB with up to two workers,
+    /// 1 MiB with more; `Some(0)`: zstd's own choice (8 MiB at level 3).
+    /// Ignored with `long_distance`.
     pub zstd_job_size: Option<u32>,
     /// Advanced: how much of the window each multithreaded zstd job reloads
     /// from the job before it, as zstd's `overlapLog` (1 = none, 9 = the
-    /// whole window, each step doubles). Default [`ZSTD_OVERLAP_LOG`];
-    /// `None` lets zstd choose. Only used together with `zstd_job_size`.
+    /// whole window, each step doubles). `None` (the default): in step with
+    /// the job size (4 for 1 MiB jobs, 5 for 2 MiB); `Some(0)`: zstd's own
+    /// choice. Ignored where `zstd_job_size` is.
     pub zstd_overlap_log: Option<u32>,
 }
 
@@ -90,8 +100,8 @@ impl Default for PackOptions {
             recipients: Vec::new(),
             passphrase: None,
             volume_size: None,
-            zstd_job_size: Some(ZSTD_JOB_SIZE),
-            zstd_overlap_log: Some(ZSTD_OVERLAP_LOG),
+            zstd_job_size: None,
+            zstd_overlap_log: None,
         }
     }
 }
@@ -308,19 +318,32 @@ fn zstd_encoder<'s>(out: Out<'s>, opts: &PackOptions) -> Result<Encoder<'s>> {
     let workers = opts.worker_count();
     if workers > 1 {
         enc.multithread(workers).map_err(configure)?;
-        if let (Some(size), false) = (opts.zstd_job_size, opts.long_distance) {
-            enc.set_parameter(CParameter::JobSize(size))
+        if !opts.long_distance {
+            let (job, overlap) = job_layout(opts, workers);
+            enc.set_parameter(CParameter::JobSize(job))
                 .map_err(configure)?;
-            if let Some(log) = opts.zstd_overlap_log {
-                enc.set_parameter(CParameter::OverlapSizeLog(log))
-                    .map_err(configure)?;
-            }
+            enc.set_parameter(CParameter::OverlapSizeLog(overlap))
+                .map_err(configure)?;
         }
     }
     if opts.long_distance {
         enc.long_distance_matching(true).map_err(configure)?;
     }
     Ok(enc)
+}
+
+/// zstd's job size and overlap log for `workers` (0 leaves it to zstd).
+fn job_layout(opts: &PackOptions, workers: u32) -> (u32, u32) {
+    let job = opts.zstd_job_size.unwrap_or_else(|| {
+        // Whole MiB, so that the overlap below stays a power of two of it.
+        let share = ZSTD_JOB_BUDGET / workers.max(1) / ZSTD_JOB_MIN * ZSTD_JOB_MIN;
+        share.clamp(ZSTD_JOB_MIN, ZSTD_JOB_MAX)
+    });
+    let overlap = opts.zstd_overlap_log.unwrap_or(match job {
+        0 => 0,
+        _ => ZSTD_OVERLAP_LOG_MIN_JOB + (job / ZSTD_JOB_MIN).max(1).ilog2(),
+    });
+    (job, overlap)
 }
 
 fn finish_stream(tar: TarWriter<BufWriter<Encoder<'_>>>) -> Result<Splitter<'_>> {
@@ -765,6 +788,25 @@ fn special_kind(meta: &Metadata) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zstd_jobs_shrink_with_more_workers_and_overlap_follows() {
+        let auto = PackOptions::default();
+        assert_eq!(job_layout(&auto, 2), (2 << 20, 5));
+        assert_eq!(job_layout(&auto, 3), (1 << 20, 4));
+        assert_eq!(job_layout(&auto, 16), (1 << 20, 4));
+        let zstd_default = PackOptions {
+            zstd_job_size: Some(0),
+            ..PackOptions::default()
+        };
+        assert_eq!(job_layout(&zstd_default, 2), (0, 0));
+        let fixed = PackOptions {
+            zstd_job_size: Some(4 << 20),
+            zstd_overlap_log: Some(7),
+            ..PackOptions::default()
+        };
+        assert_eq!(job_layout(&fixed, 2), (4 << 20, 7));
+    }
 
     #[test]
     fn a_file_modified_while_read_is_detected() {

@@ -647,9 +647,7 @@ async fn a_waking_nas_is_waited_for() {
 
 #[tokio::test]
 async fn a_nas_refusing_connections_at_first_is_waited_for() {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr: SocketAddr = probe.local_addr().unwrap();
-    drop(probe);
+    let addr: SocketAddr = crate::support::port_outside_ephemeral_range();
     let mut waiting = opts_for(format!("http://{addr}"));
     waiting.retry.initial_delay = Duration::from_millis(100);
     waiting.retry.max_delay = Duration::from_millis(500);

@@ -368,7 +368,7 @@ async fn a_certificate_that_changes_under_pinning_is_refused() {
     let root = tempfile::tempdir().unwrap();
     let mut cfg = EmulatorConfig::new(root.path(), "backup", Secret::new("pw"));
     cfg.tls = true;
-    let first = Emulator::start(cfg.clone(), "127.0.0.1:0".parse().unwrap())
+    let first = Emulator::start(cfg.clone(), crate::support::port_outside_ephemeral_range())
         .await
         .unwrap();
     let addr = first.local_addr();

@@ -245,3 +245,22 @@ path = "pc"
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path
 }
+
+/// A free loopback address whose port is below Linux's ephemeral range
+/// (32768 and up), for tests that stop a server and start one again on the
+/// same address, or connect before it listens: a port from the ephemeral
+/// range may meanwhile become the local end of another test's connection.
+pub fn port_outside_ephemeral_range() -> std::net::SocketAddr {
+    // Each call starts further on, so that two tests of this process never
+    // probe the same port; the process id keeps other processes apart.
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed = (std::process::id() + call * 1_009) % 10_000;
+    (0..10_000u32)
+        .map(|i| 20_000 + (seed + i * 37) % 10_000)
+        .find_map(|port| {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], u16::try_from(port).ok()?));
+            std::net::TcpListener::bind(addr).ok()?.local_addr().ok()
+        })
+        .expect("a free port in 20000..30000")
+}

@@ -36,9 +36,9 @@ const PROGRESS_EVERY: u64 = 16 << 20;
 const ZSTD_JOB_BUDGET: u32 = 4 << 20;
 /// Smallest default job: smaller jobs mean more hand-offs between the
 /// thread that feeds zstd and its workers, which then wait.
-pub const ZSTD_JOB_MIN: u32 = 1 << 20;
+const ZSTD_JOB_MIN: u32 = 1 << 20;
 /// Largest default job.
-pub const ZSTD_JOB_MAX: u32 = 2 << 20;
+const ZSTD_JOB_MAX: u32 = 2 << 20;
 /// Default zstd `overlapLog` for a [`ZSTD_JOB_MIN`] job; one more per
 /// doubling of the job. Each job reloads 1/32 of the window (64 KiB at
 /// level 3) per MiB of job from the job before it. zstd's own choice (1/8
@@ -46,6 +46,8 @@ pub const ZSTD_JOB_MAX: u32 = 2 << 20;
 /// reload is a quarter of every job, about 5 % of all compression work,
 /// for no gain in ratio on the benchmark data (docs/BENCHMARKS.md).
 const ZSTD_OVERLAP_LOG_MIN_JOB: u32 = 4;
+/// zstd's largest `overlapLog` (the whole window).
+const ZSTD_OVERLAP_LOG_MAX: u32 = 9;
 /// Issues kept in the summary; more are counted and logged, not stored.
 pub const MAX_ISSUES: usize = 10_000;
 
@@ -341,7 +343,8 @@ fn job_layout(opts: &PackOptions, workers: u32) -> (u32, u32) {
     });
     let overlap = opts.zstd_overlap_log.unwrap_or(match job {
         0 => 0,
-        _ => ZSTD_OVERLAP_LOG_MIN_JOB + (job / ZSTD_JOB_MIN).max(1).ilog2(),
+        _ => (ZSTD_OVERLAP_LOG_MIN_JOB + (job / ZSTD_JOB_MIN).max(1).ilog2())
+            .min(ZSTD_OVERLAP_LOG_MAX),
     });
     (job, overlap)
 }
@@ -806,6 +809,11 @@ mod tests {
             ..PackOptions::default()
         };
         assert_eq!(job_layout(&fixed, 2), (4 << 20, 7));
+        let huge = PackOptions {
+            zstd_job_size: Some(1 << 30),
+            ..PackOptions::default()
+        };
+        assert_eq!(job_layout(&huge, 2), (1 << 30, 9));
     }
 
     #[test]

@@ -119,10 +119,25 @@ impl Bench {
 
 /// Starts `child`, waits until the emulator holds its transfer, kills it
 /// with SIGKILL. False when the process ended before reaching the hold.
-async fn kill_when_held(mut child: Child, faults: &FaultHandle) -> bool {
+async fn kill_when_held(child: Child, faults: &FaultHandle) -> bool {
+    kill_when_held_and(child, faults, || true).await
+}
+
+/// Like [`kill_when_held`], but once the stream is held, waits (up to 5 s)
+/// for `ready` before the kill: the process may still be working on the
+/// bytes it received, and on a loaded machine it may not have started.
+async fn kill_when_held_and(
+    mut child: Child,
+    faults: &FaultHandle,
+    ready: impl Fn() -> bool,
+) -> bool {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if faults.is_holding() {
+            let settle = Instant::now() + Duration::from_secs(5);
+            while !ready() && Instant::now() < settle {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             child.kill().unwrap();
             tokio::task::spawn_blocking(move || child.wait().unwrap())
                 .await
@@ -221,7 +236,15 @@ async fn kill_9_during_backup_and_restore_leaves_consistent_state() {
         faults.set(Default::default());
         faults.update(|f| f.hold_downloads_at = Some(offset));
         let child = bench.spawn(&["restore", "latest", "--target", &target_arg]);
-        assert!(kill_when_held(child, &faults).await, "restore at {offset}");
+        // The later half of the kills waits for a first file to be finished
+        // (the files before the hold point), so that some kills land among
+        // finished files however slow the machine is.
+        let data = target.join("data");
+        let ready = || i <= RESTORE_KILLS / 2 || count_files(&data) > 0;
+        assert!(
+            kill_when_held_and(child, &faults, ready).await,
+            "restore at {offset}"
+        );
         restore_kills += 1;
         faults.clear();
         let bad = wrong_final_files(&bench.source, &target.join("data"));

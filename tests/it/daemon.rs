@@ -17,23 +17,6 @@ use synback::schedule::{self, DaemonControl, JobStatus, SystemClock, read_status
 use crate::schedule::{Messages, Received, mosquitto, recorder, wait_message};
 use crate::support::World;
 
-/// Waits (real time, up to `limit`) until `job` shows `runs` finished runs.
-async fn wait_finished(state: &Path, job: &str, runs: u64, limit: Duration) -> JobStatus {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if let Some(j) = read_status(state)
-            .ok()
-            .and_then(|s| s.jobs.get(job).cloned())
-            && j.runs >= runs
-            && !j.running
-        {
-            return j;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("job {job} did not reach {runs} finished runs in {limit:?}");
-}
-
 /// Waits until `seen` holds `count` requests.
 async fn wait_requests(seen: &Arc<Mutex<Vec<Received>>>, count: usize) -> Vec<Received> {
     for _ in 0..400 {
@@ -115,8 +98,7 @@ async fn configured_notifications_report_real_backups_over_http_and_mqtt() {
         control,
     ));
 
-    handle.run_now("home").await;
-    let first = wait_finished(&state, "home", 1, Duration::from_secs(60)).await;
+    let first = run_once(&handle, &state, "home", 1).await;
     assert_eq!(
         first.last_status,
         Some(schedule::RunStatus::Ok),
@@ -127,8 +109,9 @@ async fn configured_notifications_report_real_backups_over_http_and_mqtt() {
 
     // The second run fails: its source is gone.
     std::fs::rename(&world.source, world.dir.path().join("moved-away")).unwrap();
-    handle.run_now("home").await;
-    let second = wait_finished(&state, "home", 2, Duration::from_secs(60)).await;
+    // The first run's notifications may still be going out: `run_once`
+    // asks again if this request finds the run still going.
+    let second = run_once(&handle, &state, "home", 2).await;
     assert_eq!(
         second.last_status,
         Some(schedule::RunStatus::Failed),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use synback::agent::{Agent, VerifyMode};
 use synback::config::{Config, ConfigEnv};
 use synback::emulator::{AimedFault, Emulator, EmulatorConfig, FaultAction};
-use synback::restore::{RestoreOptions, Selector};
+use synback::restore::Selector;
 use synback::secret::Secret;
 use tokio_util::sync::CancellationToken;
 
@@ -340,20 +340,9 @@ async fn run_cell(tpl: &Template, fault: Fault, phase: Phase) -> Outcome {
 
     let restore_dir = cell.path().join("restore");
     let result = match phase {
-        Phase::Download => {
-            let mut opts = RestoreOptions::default();
-            opts.target_dir = restore_dir.clone();
-            agent
-                .restore(
-                    "home",
-                    &Selector::Latest,
-                    opts,
-                    None,
-                    CancellationToken::new(),
-                )
-                .await
-                .map(|_| ())
-        }
+        Phase::Download => crate::support::restore_latest(&agent, &restore_dir, false)
+            .await
+            .map(|_| ()),
         _ => agent
             .backup("home", CancellationToken::new())
             .await

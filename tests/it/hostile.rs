@@ -16,7 +16,6 @@ use axum::response::Response;
 use synback::dsm::{Client, ClientOptions, Error, RetryPolicy};
 use synback::emulator::{Emulator, EmulatorConfig};
 use synback::repo::{DsmTarget, JobName, Listing, Target};
-use synback::restore::{RestoreOptions, Selector};
 use synback::secret::Secret;
 use tokio_util::sync::CancellationToken;
 
@@ -337,17 +336,7 @@ async fn volumes_shorter_or_longer_than_written_are_refused_on_restore() {
         let target = world.restore_dir(name);
         std::fs::create_dir_all(target.join("data/docs")).unwrap();
         std::fs::write(target.join("data/docs/a.txt"), "mine, keep me").unwrap();
-        let mut opts = RestoreOptions::default();
-        opts.target_dir = target.clone();
-        opts.overwrite = true;
-        let err = agent
-            .restore(
-                "home",
-                &Selector::Latest,
-                opts,
-                None,
-                CancellationToken::new(),
-            )
+        let err = crate::support::restore_latest(&agent, &target, true)
             .await
             .unwrap_err();
         let text = synback::error_chain(&err);

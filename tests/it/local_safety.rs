@@ -6,7 +6,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use filetime::FileTime;
-use synback::restore::{RestoreOptions, Selector};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::World;
@@ -87,18 +86,7 @@ async fn a_restore_never_follows_symlinks_planted_in_the_target() {
     std::os::unix::fs::symlink(outside.join("file"), target.join("data/run.sh")).unwrap();
 
     for overwrite in [false, true] {
-        let mut opts = RestoreOptions::default();
-        opts.target_dir = target.clone();
-        opts.overwrite = overwrite;
-        let result = agent
-            .restore(
-                "home",
-                &Selector::Latest,
-                opts,
-                None,
-                CancellationToken::new(),
-            )
-            .await;
+        let result = crate::support::restore_latest(&agent, &target, overwrite).await;
         eprintln!(
             "overwrite={overwrite}: {:?}",
             result
@@ -129,17 +117,7 @@ async fn a_restore_never_follows_symlinks_planted_in_the_target() {
     // through, the link is replaced by the real file, the outside file is
     // untouched.
     std::fs::remove_file(target.join("data/docs")).unwrap();
-    let mut opts = RestoreOptions::default();
-    opts.target_dir = target.clone();
-    opts.overwrite = true;
-    agent
-        .restore(
-            "home",
-            &Selector::Latest,
-            opts,
-            None,
-            CancellationToken::new(),
-        )
+    crate::support::restore_latest(&agent, &target, true)
         .await
         .unwrap();
     assert_eq!(

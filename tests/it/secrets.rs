@@ -17,7 +17,6 @@ use std::time::Duration;
 use synback::agent::{Agent, DEVICE_ID_FILE};
 use synback::config::{Config, ConfigEnv};
 use synback::daemon::AgentRunner;
-use synback::restore::{RestoreOptions, Selector};
 use synback::schedule::{
     DaemonControl, DaemonSettings, JobRunner, JobSpec, SystemClock, read_status,
 };
@@ -118,16 +117,7 @@ async fn no_secret_reaches_logs_errors_or_the_status_file() {
         .backup("home", CancellationToken::new())
         .await
         .unwrap();
-    let mut opts = RestoreOptions::default();
-    opts.target_dir = world.restore_dir("restored");
-    agent
-        .restore(
-            "home",
-            &Selector::Latest,
-            opts,
-            None,
-            CancellationToken::new(),
-        )
+    crate::support::restore_latest(&agent, &world.restore_dir("restored"), false)
         .await
         .unwrap();
     assert!(

@@ -264,3 +264,24 @@ pub fn port_outside_ephemeral_range() -> std::net::SocketAddr {
         })
         .expect("a free port in 20000..30000")
 }
+
+/// Restores the latest snapshot of job `home` into `target`, as a user's
+/// `synback restore latest --target TARGET [--overwrite]` does.
+pub async fn restore_latest(
+    agent: &Agent,
+    target: &Path,
+    overwrite: bool,
+) -> Result<synback::restore::RestoreReport, synback::agent::Error> {
+    let mut opts = synback::restore::RestoreOptions::default();
+    opts.target_dir = target.to_path_buf();
+    opts.overwrite = overwrite;
+    agent
+        .restore(
+            "home",
+            &synback::restore::Selector::Latest,
+            opts,
+            None,
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+}

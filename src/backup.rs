@@ -6,8 +6,9 @@
 //! produced by [`archive::pack`] on a blocking thread while volumes are
 //! uploaded on the async side, so reading, compressing and uploading
 //! overlap, and the target's MD5 check of one volume runs while the next
-//! uploads. Memory stays bounded: in spool mode at most two volumes sit on
-//! local disk (one being uploaded or checked, one being written); in stream
+//! uploads. Memory stays bounded: in spool mode at most two volumes' worth
+//! of local disk is used (volumes being uploaded or checked, and the one
+//! being written); in stream
 //! mode the bytes go straight from the compressor into the upload through a
 //! small bounded channel.
 //!
@@ -15,7 +16,7 @@
 //! `*.partial` files: a snapshot exists only once its manifest does, and the
 //! manifest is written only after every volume's MD5 matched.
 
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,8 +26,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
-use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, instrument, warn};
 
 use crate::archive::{
@@ -257,7 +258,9 @@ pub async fn run(
     info!(snapshot = %id, "lock taken");
     remove_leftovers(target.as_ref(), &opts.job).await;
 
-    let result = transfer_and_commit(&target, opts, &id, &events, &cancel, now).await;
+    let spool_removal = TaskTracker::new();
+    let result = transfer_and_commit(&target, opts, &id, &events, &cancel, now, &spool_removal);
+    let result = result.await;
     let result = match result {
         Ok(report) => finish(&target, opts, report, &events, now).await,
         Err(err) => {
@@ -268,6 +271,8 @@ pub async fn run(
     if let Err(err) = lock.release(target.as_ref()).await {
         warn!(cause = %err, "could not release the lock");
     }
+    spool_removal.close();
+    spool_removal.wait().await;
     events.event(Event::Phase(Phase::Done));
     result.map(|mut report| {
         report.duration = started.elapsed();
@@ -276,6 +281,7 @@ pub async fn run(
 }
 
 /// Packs, uploads and verifies every volume, then writes the manifest.
+/// Spool files are removed on `spool_removal`'s tasks.
 async fn transfer_and_commit(
     target: &Arc<dyn Target>,
     opts: &BackupOptions,
@@ -283,6 +289,7 @@ async fn transfer_and_commit(
     events: &Events,
     cancel: &CancellationToken,
     now: DateTime<Utc>,
+    spool_removal: &TaskTracker,
 ) -> Result<BackupReport, Error> {
     events.event(Event::Phase(Phase::Transferring));
     let encryption = match opts.pack.recipients.is_empty() && opts.pack.passphrase.is_none() {
@@ -296,7 +303,10 @@ async fn transfer_and_commit(
     };
     let sent = Arc::new(AtomicU64::new(0));
     let (summary, volumes) = match opts.upload_mode {
-        UploadMode::Spool => spool::run(target, opts, &names, events, cancel, &sent).await?,
+        UploadMode::Spool => {
+            let spool = spool::Spool::new(opts, spool_removal);
+            spool.run(target, &names, events, cancel, &sent).await?
+        }
         UploadMode::Stream => stream::run(target, opts, &names, events, cancel, &sent).await?,
     };
 
@@ -666,20 +676,79 @@ mod spool {
         pub(super) info: VolumeInfo,
     }
 
-    /// Writes each volume to a temp file and hands it to the uploader. Holds
-    /// a slot per volume so that at most two volumes exist on disk.
+    fn uploader_stopped() -> io::Error {
+        io::Error::new(io::ErrorKind::BrokenPipe, "the uploader stopped")
+    }
+
+    /// The local disk the spool may use: two volumes' worth. A volume
+    /// reserves the volume size when it begins, gives back what it did not
+    /// use when it ends (the last volumes of a run are small), and the rest
+    /// once it is committed and its file removed.
+    #[derive(Debug)]
+    struct DiskBudget {
+        /// Bytes free, and whether the uploader has stopped.
+        state: std::sync::Mutex<(u64, bool)>,
+        changed: std::sync::Condvar,
+    }
+
+    impl DiskBudget {
+        fn new(bytes: u64) -> Arc<Self> {
+            Arc::new(Self {
+                state: std::sync::Mutex::new((bytes, false)),
+                changed: std::sync::Condvar::new(),
+            })
+        }
+
+        fn state(&self) -> std::sync::MutexGuard<'_, (u64, bool)> {
+            self.state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        }
+
+        /// Waits (on the packing thread) until `bytes` are free and takes
+        /// them; fails once the uploader has stopped.
+        fn take(&self, bytes: u64) -> io::Result<()> {
+            let mut state = self.state();
+            while state.0 < bytes && !state.1 {
+                state = self
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if state.1 {
+                return Err(uploader_stopped());
+            }
+            state.0 -= bytes;
+            Ok(())
+        }
+
+        fn give(&self, bytes: u64) {
+            let mut state = self.state();
+            state.0 = state.0.saturating_add(bytes);
+            self.changed.notify_all();
+        }
+
+        /// Wakes a waiting packer for good: nothing will be given back.
+        fn close(&self) {
+            self.state().1 = true;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Writes each volume to a temp file and hands it to the uploader,
+    /// within the disk budget.
     struct SpoolSink {
         dir: PathBuf,
         current: Option<(BufWriter<std::fs::File>, tempfile::TempPath)>,
-        slots: std::sync::mpsc::Receiver<()>,
+        budget: Arc<DiskBudget>,
+        /// What each volume reserves: the volume size.
+        reserve: u64,
         done: mpsc::Sender<Spooled>,
     }
 
     impl VolumeSink for SpoolSink {
         fn begin_volume(&mut self, _index: u32) -> io::Result<()> {
-            self.slots
-                .recv()
-                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the uploader stopped"))?;
+            self.budget.take(self.reserve)?;
             let (file, path) = tempfile::Builder::new()
                 .prefix("synback-volume-")
                 .tempfile_in(&self.dir)?
@@ -702,127 +771,224 @@ mod spool {
             // No fsync: the file is read back by this process (the page
             // cache serves it) and is worthless after a crash anyway.
             writer.into_inner().map_err(|e| e.into_error())?;
+            self.budget.give(self.reserve.saturating_sub(info.size));
             let spooled = Spooled {
                 file,
                 info: info.clone(),
             };
             self.done
                 .blocking_send(spooled)
-                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the uploader stopped"))
+                .map_err(|_| uploader_stopped())
         }
     }
 
-    pub(super) async fn run(
-        target: &Arc<dyn Target>,
-        opts: &BackupOptions,
-        names: &VolumeNames,
-        events: &Events,
-        cancel: &CancellationToken,
-        sent: &Arc<AtomicU64>,
-    ) -> Result<(archive::PackSummary, Vec<StoredVolume>), Error> {
-        let dir = opts.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
-        let (slot_tx, slot_rx) = std::sync::mpsc::channel();
-        for _ in 0..2 {
-            let _ = slot_tx.send(());
+    /// What a spool-mode run needs besides the target.
+    pub(super) struct Spool<'a> {
+        opts: &'a BackupOptions,
+        /// Where spool files are removed, off the way of the next upload.
+        removal: &'a TaskTracker,
+    }
+
+    impl<'a> Spool<'a> {
+        pub(super) fn new(opts: &'a BackupOptions, removal: &'a TaskTracker) -> Self {
+            Self { opts, removal }
         }
-        let (done_tx, done_rx) = mpsc::channel(1);
-        let sink = SpoolSink {
-            dir: dir.clone(),
-            current: None,
-            slots: slot_rx,
-            done: done_tx,
-        };
-        let pack_cancel = cancel.child_token();
-        let uploader = upload_all(target, opts, names, events, done_rx, slot_tx, sent);
-        let (packed, uploaded) = tokio::join!(
-            pack_blocking(opts, sink, events, &pack_cancel, sent),
-            async {
-                let r = uploader.await;
-                if r.is_err() {
-                    pack_cancel.cancel();
+
+        pub(super) async fn run(
+            &self,
+            target: &Arc<dyn Target>,
+            names: &VolumeNames,
+            events: &Events,
+            cancel: &CancellationToken,
+            sent: &Arc<AtomicU64>,
+        ) -> Result<(archive::PackSummary, Vec<StoredVolume>), Error> {
+            let opts = self.opts;
+            let dir = opts.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
+            // Without volumes there is one, of unknown size.
+            let reserve = opts.pack.volume_size.unwrap_or(u64::MAX / 2);
+            let budget = DiskBudget::new(reserve.saturating_mul(2));
+            let (done_tx, done_rx) = mpsc::channel(1);
+            let sink = SpoolSink {
+                dir: dir.clone(),
+                current: None,
+                budget: Arc::clone(&budget),
+                reserve,
+                done: done_tx,
+            };
+            let pack_cancel = cancel.child_token();
+            let store = Store {
+                target,
+                names,
+                events,
+                sent,
+                budget,
+            };
+            let (packed, uploaded) = tokio::join!(
+                pack_blocking(opts, sink, events, &pack_cancel, sent),
+                async {
+                    let r = self.upload_all(store, done_rx).await;
+                    if r.is_err() {
+                        pack_cancel.cancel();
+                    }
+                    r
                 }
-                r
-            }
-        );
-        let volumes = uploaded?;
-        let summary = match packed {
-            Err(Error::Archive { source }) if cancel.is_cancelled() => {
-                drop(source);
+            );
+            let volumes = uploaded?;
+            let summary = match packed {
+                Err(Error::Archive { source }) if cancel.is_cancelled() => {
+                    drop(source);
+                    return Err(Error::Cancelled);
+                }
+                other => other?,
+            };
+            if cancel.is_cancelled() {
                 return Err(Error::Cancelled);
             }
-            other => other?,
-        };
-        if cancel.is_cancelled() {
-            return Err(Error::Cancelled);
+            Ok((summary, volumes))
         }
-        Ok((summary, volumes))
+
+        /// Stores the spooled volumes in order, two at a time, so that the
+        /// target's MD5 check of one volume overlaps with the upload of the
+        /// next. Returning drops `store` and `done`, which stops a packer
+        /// waiting on the disk budget or on the uploader.
+        async fn upload_all(
+            &self,
+            store: Store<'_>,
+            mut done: mpsc::Receiver<Spooled>,
+        ) -> Result<Vec<StoredVolume>, Error> {
+            futures_util::stream::poll_fn(|cx| done.poll_recv(cx))
+                .map(|spooled| self.store_one(&store, spooled))
+                .buffered(2)
+                .try_collect()
+                .await
+        }
+
+        async fn store_one(
+            &self,
+            store: &Store<'_>,
+            spooled: Spooled,
+        ) -> Result<StoredVolume, Error> {
+            let name = store.names.name(spooled.info.index)?;
+            let path = spooled.file.to_path_buf();
+            let size = spooled.info.size;
+            let attempts = store_verified(
+                store.target.as_ref(),
+                &name,
+                &spooled.info.md5,
+                || Ok((file_body(path.clone()), size)),
+                self.opts,
+                store.events,
+                store.sent,
+            )
+            .await?;
+            store.events.event(Event::VolumeStored {
+                name: name.clone(),
+                size,
+            });
+            info!(volume = %name, bytes = size, attempts, "volume stored and verified");
+            let stored = StoredVolume {
+                name,
+                info: spooled.info.clone(),
+                attempts,
+            };
+            // Removing a volume-sized file takes the kernel a while (tens of
+            // ms for a GiB): not on the way to the next volume or the
+            // manifest. Its disk comes back once the file is gone.
+            let budget = Arc::clone(&store.budget);
+            self.removal.spawn_blocking(move || {
+                drop(spooled);
+                budget.give(size);
+            });
+            Ok(stored)
+        }
     }
 
-    /// Stores the spooled volumes in order, two at a time, so that the
-    /// target's MD5 check of one volume overlaps with the upload of the
-    /// next. Each volume's spool slot is given back once it is committed.
-    async fn upload_all(
-        target: &Arc<dyn Target>,
-        opts: &BackupOptions,
-        names: &VolumeNames,
-        events: &Events,
-        mut done: mpsc::Receiver<Spooled>,
-        slots: std::sync::mpsc::Sender<()>,
-        sent: &Arc<AtomicU64>,
-    ) -> Result<Vec<StoredVolume>, Error> {
-        futures_util::stream::poll_fn(|cx| done.poll_recv(cx))
-            .map(|spooled| store_one(target, opts, names, events, spooled, &slots, sent))
-            .buffered(2)
-            .try_collect()
-            .await
+    /// Where and how the spooled volumes are stored.
+    struct Store<'a> {
+        target: &'a Arc<dyn Target>,
+        names: &'a VolumeNames,
+        events: &'a Events,
+        sent: &'a Arc<AtomicU64>,
+        /// Takes back the disk of committed volumes.
+        budget: Arc<DiskBudget>,
     }
 
-    async fn store_one(
-        target: &Arc<dyn Target>,
-        opts: &BackupOptions,
-        names: &VolumeNames,
-        events: &Events,
-        spooled: Spooled,
-        slots: &std::sync::mpsc::Sender<()>,
-        sent: &Arc<AtomicU64>,
-    ) -> Result<StoredVolume, Error> {
-        let name = names.name(spooled.info.index)?;
-        let path = spooled.file.to_path_buf();
-        let size = spooled.info.size;
-        let attempts = store_verified(
-            target.as_ref(),
-            &name,
-            &spooled.info.md5,
-            || Ok((file_body(path.clone()), size)),
-            opts,
-            events,
-            sent,
-        )
-        .await?;
-        events.event(Event::VolumeStored {
-            name: name.clone(),
-            size,
-        });
-        info!(volume = %name, bytes = size, attempts, "volume stored and verified");
-        let stored = StoredVolume {
-            name,
-            info: spooled.info.clone(),
-            attempts,
-        };
-        drop(spooled);
-        let _ = slots.send(());
-        Ok(stored)
+    impl Drop for Store<'_> {
+        fn drop(&mut self) {
+            self.budget.close();
+        }
     }
+
+    /// Bytes read from a spool file at a time: one trip to the blocking
+    /// pool per MiB, and each read lands in the buffer that is sent (no
+    /// second copy, as a buffered async file would make).
+    const SPOOL_READ: usize = 1 << 20;
 
     /// A body that streams a spool file, opened lazily for each attempt.
     fn file_body(path: PathBuf) -> PutBody {
-        futures_util::stream::once(async move { tokio::fs::File::open(path).await })
-            .map(|file| match file {
-                Ok(file) => ReaderStream::with_capacity(file, 256 * 1024).boxed(),
-                Err(err) => futures_util::stream::once(async move { Err(err) }).boxed(),
-            })
-            .flatten()
-            .boxed()
+        let path = Arc::new(path);
+        futures_util::stream::try_unfold(None, move |file| {
+            let path = Arc::clone(&path);
+            async move {
+                tokio::task::spawn_blocking(move || read_chunk(file, &path))
+                    .await
+                    .map_err(io::Error::other)?
+            }
+        })
+        .boxed()
+    }
+
+    /// The next chunk of the spool file at `path` (opened on the first
+    /// call), and the file to read the one after from; `None` at the end.
+    fn read_chunk(
+        file: Option<std::fs::File>,
+        path: &std::path::Path,
+    ) -> io::Result<Option<(Bytes, Option<std::fs::File>)>> {
+        let mut file = match file {
+            Some(file) => file,
+            None => std::fs::File::open(path)?,
+        };
+        let mut buf = vec![0; SPOOL_READ];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        buf.truncate(filled);
+        match buf.is_empty() {
+            true => Ok(None),
+            false => Ok(Some((Bytes::from(buf), Some(file)))),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_disk_budget_waits_for_room_and_fails_once_closed() {
+            let budget = DiskBudget::new(10);
+            budget.take(6).unwrap();
+            let waiting = {
+                let budget = Arc::clone(&budget);
+                std::thread::spawn(move || budget.take(8))
+            };
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(!waiting.is_finished(), "took 8 with 4 free");
+            budget.give(4);
+            waiting.join().unwrap().unwrap();
+            let stuck = {
+                let budget = Arc::clone(&budget);
+                std::thread::spawn(move || budget.take(1))
+            };
+            budget.close();
+            let err = stuck.join().unwrap().unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+        }
     }
 }
 

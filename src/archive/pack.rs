@@ -18,8 +18,9 @@ use super::crypt::{Encryption, Out};
 use super::error::{Error, Result};
 use super::filter::Excludes;
 use super::names::Names;
+use super::scan::{self, InputTotal, Rules, ScanGuard};
 use super::tarw::{Kind, Meta, TarWriter};
-use super::volume::{Flow, SinkFailure, Splitter, VolumeInfo, VolumeSink};
+use super::volume::{Flow, SinkFailure, Splitter, Taper, VolumeInfo, VolumeSink};
 use crate::secret::Secret;
 
 /// Read buffer for file contents.
@@ -48,6 +49,9 @@ const ZSTD_JOB_MAX: u32 = 2 << 20;
 const ZSTD_OVERLAP_LOG_MIN_JOB: u32 = 4;
 /// zstd's largest `overlapLog` (the whole window).
 const ZSTD_OVERLAP_LOG_MAX: u32 = 9;
+/// The smallest volume [`PackOptions::taper`] cuts early: each volume costs
+/// an upload, an MD5 task and a rename on the NAS.
+const TAPER_MIN: u64 = 8 << 20;
 /// Issues kept in the summary; more are counted and logged, not stored.
 pub const MAX_ISSUES: usize = 10_000;
 
@@ -87,6 +91,12 @@ pub struct PackOptions {
     /// the job size (4 for 1 MiB jobs, 5 for 2 MiB); `Some(0)`: zstd's own
     /// choice. Ignored where `zstd_job_size` is.
     pub zstd_overlap_log: Option<u32>,
+    /// With `volume_size`: make the last volumes smaller (down to 8 MiB),
+    /// so the target's check of each volume overlaps with producing the
+    /// next and the run ends soon after the last byte is compressed. Needs
+    /// the input's size, which a metadata-only scan on a second thread
+    /// adds up while the pack starts. Default true.
+    pub taper: bool,
 }
 
 impl Default for PackOptions {
@@ -104,6 +114,7 @@ impl Default for PackOptions {
             volume_size: None,
             zstd_job_size: None,
             zstd_overlap_log: None,
+            taper: true,
         }
     }
 }
@@ -214,6 +225,10 @@ pub struct PackProgress<'a> {
     pub volumes_done: usize,
     /// The path being archived.
     pub current: &'a Path,
+    /// File content bytes the whole pack will read, once a scan ahead of
+    /// the pack has added them up (split archives with `taper` only); an
+    /// estimate, as files may change meanwhile.
+    pub bytes_total: Option<u64>,
 }
 
 /// The outcome of [`pack`].
@@ -267,7 +282,9 @@ pub fn pack(
     let excludes = Excludes::new(&opts.excludes)?;
     let encryption = Encryption::from_options(&opts.recipients, opts.passphrase.as_ref())?;
     let flow = Rc::new(Flow::default());
-    let splitter = Splitter::new(sink, opts.volume_size, Rc::clone(&flow))
+    let (taper, _scan) = start_scan(opts, &roots)?;
+    let input_total = taper.as_ref().map(|t| t.input.clone());
+    let splitter = Splitter::new(sink, opts.volume_size, taper, Rc::clone(&flow))
         .map_err(|e| Error::io("start the hashing thread", PathBuf::new(), e))?;
     let out = encryption.wrap(splitter)?;
     let encoder = zstd_encoder(out, opts)?;
@@ -283,6 +300,7 @@ pub fn pack(
         bytes_read: 0,
         root_dev: 0,
         flow,
+        input_total,
         progress,
         cancel,
     };
@@ -306,6 +324,29 @@ pub fn pack(
         issues,
         duration: started.elapsed(),
     })
+}
+
+/// Starts the scan that lets [`PackOptions::taper`] shrink the last volumes;
+/// nothing without volumes or with `taper` off.
+fn start_scan(opts: &PackOptions, roots: &[Root]) -> Result<(Option<Taper>, Option<ScanGuard>)> {
+    if opts.volume_size.is_none() || !opts.taper {
+        return Ok((None, None));
+    }
+    let rules = Rules {
+        excludes: Excludes::new(&opts.excludes)?,
+        markers: opts.exclude_if_present.iter().map(OsString::from).collect(),
+        one_file_system: opts.one_file_system,
+    };
+    let roots = roots
+        .iter()
+        .map(|r| (r.walk.clone(), r.meta.clone()))
+        .collect();
+    let (input, guard) = scan::start(roots, rules);
+    let taper = Taper {
+        min: TAPER_MIN,
+        input,
+    };
+    Ok((Some(taper), Some(guard)))
 }
 
 type Encoder<'s> = zstd::stream::write::Encoder<'static, Out<'s>>;
@@ -441,6 +482,8 @@ struct Packer<'a, W: Write> {
     bytes_read: u64,
     root_dev: u64,
     flow: Rc<Flow>,
+    /// The scan's total, when one runs.
+    input_total: Option<InputTotal>,
     progress: &'a dyn Fn(&PackProgress<'_>),
     cancel: &'a CancellationToken,
 }
@@ -640,6 +683,7 @@ impl<W: Write> Packer<'_, W> {
                 .map_err(|e| write_error(e, "compress"))?;
             done += n as u64;
             self.bytes_read += n as u64;
+            self.flow.set_read(self.bytes_read);
             since_report += n as u64;
             if since_report >= PROGRESS_EVERY {
                 since_report = 0;
@@ -725,6 +769,7 @@ impl<W: Write> Packer<'_, W> {
             bytes_out: self.flow.bytes(),
             volumes_done: self.flow.volumes(),
             current,
+            bytes_total: self.input_total.as_ref().and_then(InputTotal::get),
         });
     }
 }

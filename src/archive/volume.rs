@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::digest::Digester;
+use super::scan::InputTotal;
 
 /// Size and digests of one volume, as produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,9 +166,15 @@ pub(crate) struct SinkFailure {
 pub(crate) struct Flow {
     bytes: Cell<u64>,
     volumes: Cell<usize>,
+    /// File bytes read so far (the packer's side).
+    read: Cell<u64>,
 }
 
 impl Flow {
+    pub(crate) fn set_read(&self, read: u64) {
+        self.read.set(read);
+    }
+
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes.get()
     }
@@ -177,10 +184,62 @@ impl Flow {
     }
 }
 
+/// How much smaller than what is left a volume may be before it is closed
+/// early: see [`Taper`].
+const TAPER_FACTOR: u128 = 2;
+
+/// Makes the last volumes of a split archive smaller, so that the run ends
+/// soon after its last byte is compressed.
+///
+/// Each volume is checked by the target (an MD5 task re-reading it) after it
+/// is uploaded, and in spool mode uploaded only once complete; whatever the
+/// last volume holds is therefore work left after packing ends. So once the
+/// input total is known (from the scan), a volume is closed as soon as it
+/// holds at least [`TAPER_FACTOR`] times the output still expected: near the
+/// end each volume is about a third of the one before, and checking one
+/// overlaps with producing the next. A volume is never cut below `min`, and
+/// volumes never exceed the volume size; a wrong estimate only moves where
+/// volumes are cut.
+#[derive(Debug)]
+pub(crate) struct Taper {
+    /// The smallest volume cut early: each volume costs a few requests.
+    pub(crate) min: u64,
+    /// File bytes the pack will read in all, once the scan knows.
+    pub(crate) input: InputTotal,
+}
+
+impl Taper {
+    /// Whether to close a volume of `len` bytes now, `read` of the input's
+    /// file bytes having given `written` bytes of output.
+    fn cut(&self, len: u64, read: u64, written: u64) -> bool {
+        match self.input.get() {
+            Some(total) => cut_early(len, self.min, total, read, written),
+            None => false,
+        }
+    }
+}
+
+/// See [`Taper`]: true when `len` is at least `min` and at least
+/// [`TAPER_FACTOR`] times the output still expected, estimated from the
+/// input left at the ratio so far. False once the input is (thought to be)
+/// all read: the rest is the compressor's flush, or the estimate was wrong.
+fn cut_early(len: u64, min: u64, total: u64, read: u64, written: u64) -> bool {
+    if len < min || read == 0 || read >= total {
+        return false;
+    }
+    let left_in = u128::from(total - read);
+    // len >= FACTOR * left_in * (written / read), without the division.
+    let left_out = TAPER_FACTOR
+        .saturating_mul(left_in)
+        .saturating_mul(u128::from(written));
+    u128::from(len) * u128::from(read) >= left_out
+}
+
 /// The end of the write pipeline: cuts volumes, hashes, counts.
 pub(crate) struct Splitter<'s> {
     sink: &'s mut dyn VolumeSink,
     volume_size: Option<u64>,
+    taper: Option<Taper>,
     index: u32,
     open: bool,
     len: u64,
@@ -194,11 +253,13 @@ impl<'s> Splitter<'s> {
     pub(crate) fn new(
         sink: &'s mut dyn VolumeSink,
         volume_size: Option<u64>,
+        taper: Option<Taper>,
         flow: Rc<Flow>,
     ) -> io::Result<Self> {
         Ok(Self {
             sink,
             volume_size,
+            taper,
             index: 0,
             open: false,
             len: 0,
@@ -214,6 +275,11 @@ impl<'s> Splitter<'s> {
             index: self.index,
             source,
         })
+    }
+
+    fn taper_cut(&self) -> bool {
+        let taper = self.taper.as_ref().filter(|_| self.volume_size.is_some());
+        taper.is_some_and(|t| t.cut(self.len, self.flow.read.get(), self.total_len))
     }
 
     fn begin(&mut self) -> io::Result<()> {
@@ -259,7 +325,7 @@ impl Write for Splitter<'_> {
         while !rest.is_empty() {
             // A full volume is closed only when more bytes come, so that
             // `end_volume` can tell whether it was the last one.
-            if self.open && self.volume_size == Some(self.len) {
+            if self.open && (self.volume_size == Some(self.len) || self.taper_cut()) {
                 self.end(false)?;
             }
             if !self.open {
@@ -358,7 +424,7 @@ mod tests {
 
     fn split(data: &[u8], size: Option<u64>, chunk: usize) -> (Memory, Vec<VolumeInfo>, String) {
         let mut sink = Memory::default();
-        let mut s = Splitter::new(&mut sink, size, Rc::default()).unwrap();
+        let mut s = Splitter::new(&mut sink, size, None, Rc::default()).unwrap();
         for c in data.chunks(chunk) {
             s.write_all(c).unwrap();
         }
@@ -398,6 +464,53 @@ mod tests {
     }
 
     #[test]
+    fn cut_early_needs_the_minimum_and_twice_what_is_left() {
+        // (len, min, total in, read, written) -> cut
+        let cases = [
+            ((500, 1000, 10_000, 9_000, 9_000), false), // under the minimum
+            ((2000, 1000, 10_000, 9_000, 9_000), true), // 2000 >= 2 * 1000
+            ((1999, 1000, 10_000, 9_000, 9_000), false),
+            ((1000, 1000, 10_000, 9_000, 4_500), true), // ratio 1/2: 500 left
+            ((5000, 1000, 10_000, 0, 0), false),        // nothing read yet
+            ((5000, 1000, 10_000, 10_000, 10_000), false), // all read: the flush
+            ((5000, 1000, 10_000, 12_000, 12_000), false), // the estimate was low
+            ((u64::MAX, 1, u64::MAX, 1, u64::MAX), false), // no overflow
+        ];
+        for ((len, min, total, read, written), cut) in cases {
+            assert_eq!(
+                cut_early(len, min, total, read, written),
+                cut,
+                "{len} {min} {total} {read} {written}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_taper_shrinks_the_last_volumes_by_thirds() {
+        let data = vec![9u8; 100_000];
+        let flow = Rc::new(Flow::default());
+        let taper = Taper {
+            min: 1000,
+            input: InputTotal::known(100_000),
+        };
+        let mut sink = Memory::default();
+        let mut s = Splitter::new(&mut sink, Some(60_000), Some(taper), Rc::clone(&flow)).unwrap();
+        for (i, c) in data.chunks(1000).enumerate() {
+            s.write_all(c).unwrap();
+            // Output as big as the input, as with incompressible data.
+            flow.set_read(1000 * (i as u64 + 1));
+        }
+        let (vols, _, len) = s.finish().unwrap();
+        assert_eq!(len, 100_000);
+        assert_eq!(
+            vols.iter().map(|v| v.size).collect::<Vec<_>>(),
+            [60_000, 27_000, 9_000, 3_000, 1_000]
+        );
+        assert!(vols.last().unwrap().last);
+        assert_eq!(sink.volumes.concat(), data);
+    }
+
+    #[test]
     fn empty_stream_still_has_one_volume() {
         let (_, vols, _) = split(&[], None, 1);
         assert_eq!(vols.len(), 1);
@@ -420,7 +533,7 @@ mod tests {
             }
         }
         let mut sink = Failing;
-        let mut s = Splitter::new(&mut sink, None, Rc::default()).unwrap();
+        let mut s = Splitter::new(&mut sink, None, None, Rc::default()).unwrap();
         let err = s.write_all(b"x").unwrap_err();
         let failure = err.into_inner().unwrap().downcast::<SinkFailure>().unwrap();
         assert_eq!(failure.index, 1);

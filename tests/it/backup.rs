@@ -404,3 +404,51 @@ async fn two_runs_in_one_second_keep_both_snapshots() {
     assert_eq!(ids, vec![first.snapshot, second.snapshot]);
     assert!(listing.orphans.is_empty() && listing.partials.is_empty());
 }
+
+/// Spool files are the run's own scratch: none is left in the spool folder
+/// once a run returns, whether it stored its volumes or failed on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_files_are_gone_when_a_run_returns() {
+    use std::sync::Arc;
+    use synback::backup::{self, BackupOptions};
+    use synback::repo::flaky::{Fault, FlakyTarget};
+    use synback::repo::memory::MemoryTarget;
+    use synback::repo::target::{Operation, Target};
+
+    let dir = tempfile::tempdir().unwrap();
+    crate::support::sample_tree(&dir.path().join("data"));
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let job = synback::repo::layout::JobName::new("home").unwrap();
+    let mut pack = synback::archive::PackOptions::new([dir.path().join("data")]);
+    pack.volume_size = Some(64 * 1024);
+    let mut opts = BackupOptions::new(job, pack);
+    opts.spool_dir = Some(spool.clone());
+    opts.retry_delay = Duration::from_millis(10);
+    let flaky = Arc::new(FlakyTarget::new(MemoryTarget::with_folder()));
+    let target: Arc<dyn Target> = flaky.clone();
+    let events: synback::event::Events = Arc::new(synback::event::NoEvents);
+    let spooled = || std::fs::read_dir(&spool).unwrap().count();
+
+    let good = backup::run(
+        target.clone(),
+        &opts,
+        events.clone(),
+        cancel(),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    assert!(good.volumes.len() >= 2, "{:?}", good.volumes.len());
+    assert_eq!(spooled(), 0, "spool files left after a good run");
+
+    for _ in 0..10 {
+        flaky.fail_next_on(Operation::Put, ".tar.zst", Fault::CorruptStored);
+    }
+    let later = chrono::Utc::now() + chrono::TimeDelta::seconds(5);
+    let err = backup::run(target, &opts, events, cancel(), later)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, backup::Error::Md5Mismatch { .. }), "{err}");
+    assert_eq!(spooled(), 0, "spool files left after a failed run");
+}

@@ -87,26 +87,22 @@ fn scan(roots: &[(PathBuf, Metadata)], rules: &Rules, stop: &AtomicBool) -> Opti
             total += regular_len(meta);
             continue;
         }
-        let mut dirs = vec![(root.clone(), PathBuf::new())];
-        while let Some((abs, rel)) = dirs.pop() {
+        // Directories still to scan (their paths relative to the root are
+        // derived, not stored: a flat tree can queue very many).
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
             if stop.load(Ordering::Relaxed) {
                 return None;
             }
-            total += scan_dir(&abs, &rel, meta.dev(), rules, &mut dirs);
+            total += scan_dir(root, &dir, meta.dev(), rules, &mut dirs);
         }
     }
     Some(total)
 }
 
 /// Adds up the files of one directory and queues its subdirectories.
-fn scan_dir(
-    abs: &Path,
-    rel: &Path,
-    root_dev: u64,
-    rules: &Rules,
-    dirs: &mut Vec<(PathBuf, PathBuf)>,
-) -> u64 {
-    let Ok(entries) = fs::read_dir(abs) else {
+fn scan_dir(root: &Path, dir: &Path, root_dev: u64, rules: &Rules, dirs: &mut Vec<PathBuf>) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
         return 0;
     };
     let entries: Vec<_> = entries.filter_map(Result::ok).collect();
@@ -119,16 +115,17 @@ fn scan_dir(
     let mut total = 0;
     for entry in entries {
         let name = entry.file_name();
-        let (abs, rel) = (abs.join(&name), rel.join(&name));
+        let abs = dir.join(&name);
         let Ok(meta) = fs::symlink_metadata(&abs) else {
             continue;
         };
-        if rules.excludes.is_excluded(&abs, &rel, &name, meta.is_dir()) {
+        let rel = abs.strip_prefix(root).unwrap_or(&abs);
+        if rules.excludes.is_excluded(&abs, rel, &name, meta.is_dir()) {
             continue;
         }
         if meta.is_dir() {
             if !rules.one_file_system || meta.dev() == root_dev {
-                dirs.push((abs, rel));
+                dirs.push(abs);
             }
         } else {
             total += regular_len(&meta);

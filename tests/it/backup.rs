@@ -168,41 +168,62 @@ async fn a_corrupted_upload_is_sent_again() {
 /// with exit code 4 after the bounded retries, and no manifest claims the
 /// bad archive. (Driven through `FlakyTarget`, which can corrupt only the
 /// archive volumes; the emulator's fault would hit the lock file first.)
+/// A library-level backup of a sample tree into a [`FlakyTarget`] in memory.
+struct FlakyRun {
+    dir: tempfile::TempDir,
+    opts: synback::backup::BackupOptions,
+    flaky: std::sync::Arc<synback::repo::flaky::FlakyTarget<synback::repo::memory::MemoryTarget>>,
+    target: std::sync::Arc<dyn synback::repo::target::Target>,
+    events: synback::event::Events,
+}
+
+impl FlakyRun {
+    fn new(configure: impl FnOnce(&mut synback::backup::BackupOptions, &std::path::Path)) -> Self {
+        use std::sync::Arc;
+        use synback::repo::flaky::FlakyTarget;
+        use synback::repo::memory::MemoryTarget;
+
+        let dir = tempfile::tempdir().unwrap();
+        crate::support::sample_tree(&dir.path().join("data"));
+        let job = synback::repo::layout::JobName::new("home").unwrap();
+        let pack = synback::archive::PackOptions::new([dir.path().join("data")]);
+        let mut opts = synback::backup::BackupOptions::new(job, pack);
+        opts.retry_delay = Duration::from_millis(10);
+        configure(&mut opts, dir.path());
+        let flaky = Arc::new(FlakyTarget::new(MemoryTarget::with_folder()));
+        Self {
+            dir,
+            opts,
+            target: flaky.clone(),
+            flaky,
+            events: Arc::new(synback::event::NoEvents),
+        }
+    }
+
+    /// One run, as if at `now`.
+    async fn run(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<synback::backup::BackupReport, synback::backup::Error> {
+        let target = self.target.clone();
+        synback::backup::run(target, &self.opts, self.events.clone(), cancel(), now).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_corruption_fails_and_records_no_snapshot() {
-    use std::sync::Arc;
-    use synback::backup::{self, BackupOptions};
-    use synback::repo::flaky::{Fault, FlakyTarget};
-    use synback::repo::memory::MemoryTarget;
+    use synback::backup;
+    use synback::repo::flaky::Fault;
     use synback::repo::target::{Operation, Target};
 
-    let dir = tempfile::tempdir().unwrap();
-    crate::support::sample_tree(&dir.path().join("data"));
-    let job = synback::repo::layout::JobName::new("home").unwrap();
-    let mut opts = BackupOptions::new(
-        job.clone(),
-        synback::archive::PackOptions::new([dir.path().join("data")]),
-    );
-    opts.retry_delay = Duration::from_millis(10);
-    let flaky = Arc::new(FlakyTarget::new(MemoryTarget::with_folder()));
-    let target: Arc<dyn Target> = flaky.clone();
-    let events: synback::event::Events = Arc::new(synback::event::NoEvents);
-    let good = backup::run(
-        target.clone(),
-        &opts,
-        events.clone(),
-        cancel(),
-        chrono::Utc::now(),
-    )
-    .await
-    .unwrap();
+    let fixture = FlakyRun::new(|_, _| {});
+    let (flaky, target) = (&fixture.flaky, &fixture.target);
+    let good = fixture.run(chrono::Utc::now()).await.unwrap();
     for _ in 0..10 {
         flaky.fail_next_on(Operation::Put, ".tar.zst", Fault::CorruptStored);
     }
     let later = chrono::Utc::now() + chrono::TimeDelta::seconds(5);
-    let err = backup::run(target.clone(), &opts, events, cancel(), later)
-        .await
-        .unwrap_err();
+    let err = fixture.run(later).await.unwrap_err();
     assert!(
         matches!(err, backup::Error::Md5Mismatch { attempts: 3, .. }),
         "{err}"
@@ -225,7 +246,8 @@ async fn persistent_corruption_fails_and_records_no_snapshot() {
             .all(|n| !n.ends_with(".partial") && n != ".lock"),
         "{names:?}"
     );
-    let listing = synback::repo::listing::Listing::classify(&job, target.list().await.unwrap());
+    let listing =
+        synback::repo::listing::Listing::classify(&fixture.opts.job, target.list().await.unwrap());
     assert!(listing.orphans.is_empty(), "{names:?}");
 }
 
@@ -409,46 +431,34 @@ async fn two_runs_in_one_second_keep_both_snapshots() {
 /// once a run returns, whether it stored its volumes or failed on them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_files_are_gone_when_a_run_returns() {
-    use std::sync::Arc;
-    use synback::backup::{self, BackupOptions};
-    use synback::repo::flaky::{Fault, FlakyTarget};
-    use synback::repo::memory::MemoryTarget;
-    use synback::repo::target::{Operation, Target};
+    use synback::backup;
+    use synback::repo::flaky::Fault;
+    use synback::repo::target::Operation;
 
-    let dir = tempfile::tempdir().unwrap();
-    crate::support::sample_tree(&dir.path().join("data"));
-    let spool = dir.path().join("spool");
-    std::fs::create_dir(&spool).unwrap();
-    let job = synback::repo::layout::JobName::new("home").unwrap();
-    let mut pack = synback::archive::PackOptions::new([dir.path().join("data")]);
-    pack.volume_size = Some(64 * 1024);
-    let mut opts = BackupOptions::new(job, pack);
-    opts.spool_dir = Some(spool.clone());
-    opts.retry_delay = Duration::from_millis(10);
-    let flaky = Arc::new(FlakyTarget::new(MemoryTarget::with_folder()));
-    let target: Arc<dyn Target> = flaky.clone();
-    let events: synback::event::Events = Arc::new(synback::event::NoEvents);
-    let spooled = || std::fs::read_dir(&spool).unwrap().count();
+    let fixture = FlakyRun::new(|opts, dir| {
+        let spool = dir.join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        opts.spool_dir = Some(spool);
+        opts.pack.volume_size = Some(64 * 1024);
+    });
+    let spooled = || {
+        std::fs::read_dir(fixture.dir.path().join("spool"))
+            .unwrap()
+            .count()
+    };
 
-    let good = backup::run(
-        target.clone(),
-        &opts,
-        events.clone(),
-        cancel(),
-        chrono::Utc::now(),
-    )
-    .await
-    .unwrap();
+    let good = fixture.run(chrono::Utc::now()).await.unwrap();
     assert!(good.volumes.len() >= 2, "{:?}", good.volumes.len());
     assert_eq!(spooled(), 0, "spool files left after a good run");
 
     for _ in 0..10 {
-        flaky.fail_next_on(Operation::Put, ".tar.zst", Fault::CorruptStored);
+        let corrupt = Fault::CorruptStored;
+        fixture
+            .flaky
+            .fail_next_on(Operation::Put, ".tar.zst", corrupt);
     }
     let later = chrono::Utc::now() + chrono::TimeDelta::seconds(5);
-    let err = backup::run(target, &opts, events, cancel(), later)
-        .await
-        .unwrap_err();
+    let err = fixture.run(later).await.unwrap_err();
     assert!(matches!(err, backup::Error::Md5Mismatch { .. }), "{err}");
     assert_eq!(spooled(), 0, "spool files left after a failed run");
 }

@@ -17,10 +17,9 @@
 
 use std::process::ExitCode;
 
-use synback::agent::{Agent, Error, VerifyMode, exit};
-use synback::config::{Config, ConfigEnv};
+use synback::agent::{VerifyMode, exit};
 use synback::restore::{RestoreOptions, Selector};
-use tokio_util::sync::CancellationToken;
+use synback::{Agent, CancellationToken, Config, ConfigEnv, Error};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -645,3 +645,17 @@ fn cross_builds_compile_c_only_for_zstd_and_ring() {
         }
     }
 }
+
+/// Compose mounts a file secret with the host file's owner and mode, and
+/// the container runs as uid 10001 with no capabilities: the steps must
+/// hand the password file to that uid, or the daemon cannot read it.
+#[test]
+fn the_docker_steps_make_the_secret_readable_by_the_container_user() {
+    let dockerfile = read("deploy/docker/Dockerfile");
+    assert!(dockerfile.contains("--uid 10001") && dockerfile.contains("\nUSER synback"));
+    for file in ["docs/INSTALL.md", "deploy/docker/compose.yaml"] {
+        let text = read(file);
+        assert!(text.contains("chmod 600 nas-password"), "{file}");
+        assert!(text.contains("chown 10001 nas-password"), "{file}");
+    }
+}

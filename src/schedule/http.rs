@@ -730,4 +730,136 @@ mod tests {
         assert_eq!(escape_label("a\"b\\c\n"), "a\\\"b\\\\c\\n");
         assert_eq!(percent_encode("a b/c"), "a%20b%2Fc");
     }
+
+    /// A stand-in for Home Assistant: `/` is a page with the status page in
+    /// an iframe at `/api/hassio_ingress/tok/`, which is proxied to
+    /// `upstream` from 127.0.0.2 (the trusted peer), the browser's Host and
+    /// Origin kept, as the Supervisor does.
+    async fn ingress_proxy(upstream: SocketAddr) -> SocketAddr {
+        const PARENT: &str = r#"<!doctype html><html><body>
+<iframe id="f" src="/api/hassio_ingress/tok/" width="900" height="400"></iframe>
+<pre id="out">pending</pre>
+<script>
+const f = document.getElementById("f"), out = document.getElementById("out");
+let loads = 0;
+f.onload = () => {
+  loads += 1;
+  try {
+    const doc = f.contentDocument;
+    if (loads === 1) {
+      out.textContent = "framed: " + doc.querySelector("h1").textContent;
+      doc.querySelector("form").submit();
+    } else {
+      out.textContent += "; after run now: " + f.contentWindow.location.pathname
+        + " " + doc.querySelector("h1").textContent;
+    }
+  } catch (e) {
+    out.textContent = "blocked: " + e;
+  }
+};
+</script></body></html>"#;
+        let client = reqwest::Client::builder()
+            .local_address("127.0.0.2".parse::<IpAddr>().unwrap())
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let forward = move |request: axum::extract::Request| {
+            let client = client.clone();
+            async move {
+                let path = request.uri().path().to_owned();
+                let Some(rest) = path.strip_prefix("/api/hassio_ingress/tok/") else {
+                    return StatusCode::NOT_FOUND.into_response();
+                };
+                let method = request.method().clone();
+                let headers = request.headers().clone();
+                let body = axum::body::to_bytes(request.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                let mut call = client
+                    .request(method, format!("http://{upstream}/{rest}"))
+                    .body(body);
+                for (name, value) in &headers {
+                    if name != header::CONTENT_LENGTH {
+                        call = call.header(name, value);
+                    }
+                }
+                let answer = call.send().await.unwrap();
+                let mut response = Response::builder().status(answer.status());
+                for (name, value) in answer.headers() {
+                    if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+                        response = response.header(name, value);
+                    }
+                }
+                let body = axum::body::Body::from(answer.bytes().await.unwrap());
+                response.body(body).unwrap()
+            }
+        };
+        let app = Router::new()
+            .route("/", get(|| async { axum::response::Html(PARENT) }))
+            .fallback(forward);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    }
+
+    /// The status page inside a same-origin iframe below the ingress
+    /// prefix, in headless Chromium: it renders (not blocked by its framing
+    /// headers), and "run now" triggers the job and comes back to the page
+    /// inside the prefix. Skipped without Chromium, except under `CI=true`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_page_runs_in_a_home_assistant_iframe_in_chromium() {
+        let Some(chromium) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+            .into_iter()
+            .map(std::path::Path::new)
+            .find(|p| p.exists())
+        else {
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "no chromium");
+            return;
+        };
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = DaemonSettings::new(dir.path());
+        settings.status_listen = Some("127.0.0.1:0".parse().unwrap());
+        settings.trusted_peers = vec!["127.0.0.2".parse().unwrap()];
+        let store = Arc::new(StatusStore::load(dir.path().to_owned()));
+        store.update("ha", Utc::now(), |_| {}).await;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let (run_tx, mut run_rx) = mpsc::channel(4);
+        let (server, addr) = start(&settings, &store, &clock, run_tx)
+            .await
+            .unwrap()
+            .unwrap();
+        let proxy = ingress_proxy(addr).await;
+        let profile = tempfile::tempdir().unwrap();
+        let output = tokio::process::Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(format!("http://{proxy}/"))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(90), output)
+            .await
+            .unwrap()
+            .unwrap();
+        server.stop().await;
+        let dom = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            dom.contains("framed: synback; after run now: /api/hassio_ingress/tok/ synback"),
+            "{dom}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(run_rx.try_recv().ok().as_deref(), Some("ha"));
+    }
 }

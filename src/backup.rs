@@ -260,8 +260,8 @@ pub async fn run(
     let lock = Lock::acquire(target.as_ref(), info, &opts.lock, now).await?;
     info!(snapshot = %id, "lock taken");
     let listing = remove_leftovers(target.as_ref(), &opts.job).await;
-    let estimate = previous_bytes_read(target.as_ref(), listing.as_ref()).await;
-    let events = crate::event::with_eta(events, estimate);
+    let (read, stored) = previous_totals(target.as_ref(), listing.as_ref()).await;
+    let events = crate::event::with_eta(events, read, stored);
 
     let result = transfer_and_commit(&target, opts, &id, &events, &cancel, now).await;
     let result = match result {
@@ -611,18 +611,25 @@ fn md5_hex(data: &[u8]) -> String {
     hex::encode(md5::Md5::digest(data))
 }
 
-/// The bytes the job's latest snapshot read, from its manifest (one small
-/// download): the estimated total of this run, whose sources are not
-/// walked in advance. `None` on the first run or when it cannot be read.
-async fn previous_bytes_read(target: &dyn Target, listing: Option<&Listing>) -> Option<u64> {
-    let latest = listing?.latest()?;
-    match crate::restore::manifest(target, latest).await {
+/// The bytes the job's latest snapshot read (from its manifest, one small
+/// download) and stored (from the listing): the estimated totals of this
+/// run, whose sources are not walked in advance. `None` on the first run
+/// or when they cannot be read.
+async fn previous_totals(
+    target: &dyn Target,
+    listing: Option<&Listing>,
+) -> (Option<u64>, Option<u64>) {
+    let Some(latest) = listing.and_then(Listing::latest) else {
+        return (None, None);
+    };
+    let read = match crate::restore::manifest(target, latest).await {
         Ok(manifest) => Some(manifest.bytes_read),
         Err(err) => {
-            debug!(cause = %err, "no estimate of the total: previous manifest unreadable");
+            debug!(cause = %err, "no estimate of the bytes to read: previous manifest unreadable");
             None
         }
-    }
+    };
+    (read, Some(latest.archive_size()))
 }
 
 /// Turns archive progress into throttled [`Event::Progress`] events

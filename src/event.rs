@@ -63,11 +63,12 @@ pub enum Event {
 
 /// Running totals of a transfer.
 ///
-/// A backup counts `files` and `bytes` as it reads the sources; its
-/// `total_bytes` is an estimate, the bytes the job's previous snapshot read
-/// (none on the first run), since sources are not walked twice. A restore
-/// counts `transferred` against `total_transferred`, the size of the
-/// snapshot's volumes, as the extractor consumes them.
+/// A backup counts `files` and `bytes` as it reads the sources and
+/// `transferred` as the NAS receives them; its totals are estimates from
+/// the job's previous snapshot (none on the first run), since sources are
+/// not walked twice: `total_bytes` what it read, `total_transferred` what
+/// it stored. A restore counts `transferred` against `total_transferred`,
+/// the size of the snapshot's volumes, as the extractor consumes them.
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Progress {
@@ -105,13 +106,15 @@ impl Progress {
         }
     }
 
-    /// The share of the work done, from `bytes` of `total_bytes` or else
-    /// `transferred` of `total_transferred`; `None` when unknown or when
-    /// the count ran past the total.
+    /// The share of the work done, from `transferred` of
+    /// `total_transferred` (a backup's archiver runs ahead of its uploads,
+    /// and the run ends with the last upload) or else `bytes` of
+    /// `total_bytes`; `None` when unknown or when the count ran past the
+    /// total.
     pub fn fraction(&self) -> Option<f64> {
-        let (done, total) = match (self.total_bytes, self.total_transferred) {
-            (Some(total), _) => (self.bytes, total),
-            (None, Some(total)) => (self.transferred, total),
+        let (done, total) = match (self.total_transferred, self.total_bytes) {
+            (Some(total), _) => (self.transferred, total),
+            (None, Some(total)) => (self.bytes, total),
             (None, None) => return None,
         };
         match done <= total && total > 0 {
@@ -164,20 +167,22 @@ impl<F: Fn(Event) + Send + Sync> EventSink for F {
 pub type Events = Arc<dyn EventSink>;
 
 /// Wraps `inner` so that every [`Event::Progress`] carries `elapsed`
-/// (since this call) and `eta`, with `total_bytes` filled in from
-/// `estimate` where the run did not know it. Costs a clock read per
-/// progress event (a few per second), nothing else.
-pub fn with_eta(inner: Events, estimate: Option<u64>) -> Events {
+/// (since this call) and `eta`, with `total_bytes` and `total_transferred`
+/// filled in from these estimates where the run did not know them. Costs
+/// a clock read per progress event (a few per second), nothing else.
+pub fn with_eta(inner: Events, total_bytes: Option<u64>, total_transferred: Option<u64>) -> Events {
     Arc::new(EtaEvents {
         inner,
-        estimate,
+        total_bytes,
+        total_transferred,
         started: Instant::now(),
     })
 }
 
 struct EtaEvents {
     inner: Events,
-    estimate: Option<u64>,
+    total_bytes: Option<u64>,
+    total_transferred: Option<u64>,
     started: Instant,
 }
 
@@ -185,7 +190,8 @@ impl EventSink for EtaEvents {
     fn event(&self, event: Event) {
         let event = match event {
             Event::Progress(mut p) => {
-                p.total_bytes = p.total_bytes.or(self.estimate);
+                p.total_bytes = p.total_bytes.or(self.total_bytes);
+                p.total_transferred = p.total_transferred.or(self.total_transferred);
                 p.elapsed = self.started.elapsed();
                 p.eta = p.estimate_eta(p.elapsed);
                 Event::Progress(p)
@@ -217,6 +223,9 @@ mod tests {
             None,
             "past the estimate"
         );
+        // What the NAS received counts before what was read.
+        p.total_transferred = Some(400);
+        assert_eq!(p.fraction(), Some(0.25));
         let restore = Progress {
             transferred: 600,
             total_transferred: Some(600),
@@ -231,7 +240,7 @@ mod tests {
     #[test]
     fn the_wrapper_fills_in_total_elapsed_and_eta() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let events = with_eta(Arc::new(ChannelEvents(tx)), Some(1000));
+        let events = with_eta(Arc::new(ChannelEvents(tx)), Some(1000), Some(800));
         events.event(Event::Phase(Phase::Transferring));
         std::thread::sleep(Duration::from_millis(20));
         events.event(Event::Progress(Progress::counters(1, 500, 400, None)));
@@ -239,7 +248,10 @@ mod tests {
         let Event::Progress(p) = rx.try_recv().unwrap() else {
             panic!("not progress")
         };
-        assert_eq!(p.total_bytes, Some(1000));
+        assert_eq!(
+            (p.total_bytes, p.total_transferred),
+            (Some(1000), Some(800))
+        );
         assert!(p.elapsed >= Duration::from_millis(20));
         let eta = p.eta.unwrap();
         // Half done: as long again as it took so far.

@@ -237,7 +237,7 @@ pub async fn restore(
         tx,
         &cancel,
     );
-    let events = crate::event::with_eta(events, None);
+    let events = crate::event::with_eta(events, None, None);
     let size: u64 = manifest.volumes.iter().map(|v| v.size).sum();
     let reader = Metered::new(ChainReader::new(rx), Arc::clone(&events), size);
     let extractor = extract_blocking(reader, opts, &cancel);

@@ -5,7 +5,7 @@
 //! [`ChannelEvents`] forwards them into a tokio channel, which is how an
 //! appliance gets "a stream of events".
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// One phase of a backup or restore run.
@@ -176,6 +176,7 @@ pub fn with_eta(inner: Events, total_bytes: Option<u64>, total_transferred: Opti
         total_bytes,
         total_transferred,
         started: Instant::now(),
+        state: Mutex::new(EtaState::default()),
     })
 }
 
@@ -184,21 +185,54 @@ struct EtaEvents {
     total_bytes: Option<u64>,
     total_transferred: Option<u64>,
     started: Instant,
+    state: Mutex<EtaState>,
+}
+
+/// The last progress sent and the volumes stored since.
+#[derive(Default)]
+struct EtaState {
+    last: Option<Progress>,
+    stored: u64,
+}
+
+impl EtaEvents {
+    fn complete(&self, mut p: Progress) -> Progress {
+        p.total_bytes = p.total_bytes.or(self.total_bytes);
+        p.total_transferred = p.total_transferred.or(self.total_transferred);
+        p.elapsed = self.started.elapsed();
+        p.eta = p.estimate_eta(p.elapsed);
+        p
+    }
 }
 
 impl EventSink for EtaEvents {
     fn event(&self, event: Event) {
-        let event = match event {
-            Event::Progress(mut p) => {
-                p.total_bytes = p.total_bytes.or(self.total_bytes);
-                p.total_transferred = p.total_transferred.or(self.total_transferred);
-                p.elapsed = self.started.elapsed();
-                p.eta = p.estimate_eta(p.elapsed);
-                Event::Progress(p)
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match event {
+            Event::Progress(p) => {
+                let p = self.complete(p);
+                state.last = Some(p.clone());
+                self.inner.event(Event::Progress(p));
             }
-            other => other,
-        };
-        self.inner.event(event);
+            // The archiver stops reporting once it has read everything,
+            // while the last volumes are still uploading: each stored
+            // volume refreshes the counts and the ETA.
+            Event::VolumeStored { name, size } => {
+                state.stored += size;
+                let stored = state.stored;
+                self.inner.event(Event::VolumeStored { name, size });
+                if let Some(last) = &state.last
+                    && stored > last.transferred
+                {
+                    let mut p = last.clone();
+                    p.transferred = stored;
+                    let p = self.complete(p);
+                    state.last = Some(p.clone());
+                    self.inner.event(Event::Progress(p));
+                }
+            }
+            other => self.inner.event(other),
+        }
     }
 }
 
@@ -259,5 +293,22 @@ mod tests {
             eta.abs_diff(p.elapsed) < Duration::from_millis(2),
             "{eta:?} {p:?}"
         );
+        // Stored volumes move the count on after the archiver's last report.
+        events.event(Event::VolumeStored {
+            name: "v.001".into(),
+            size: 300,
+        });
+        assert!(matches!(rx.try_recv().unwrap(), Event::VolumeStored { .. }));
+        assert!(rx.try_recv().is_err(), "300 stored is behind 400 sent");
+        events.event(Event::VolumeStored {
+            name: "v.002".into(),
+            size: 500,
+        });
+        assert!(matches!(rx.try_recv().unwrap(), Event::VolumeStored { .. }));
+        let Event::Progress(p) = rx.try_recv().unwrap() else {
+            panic!("no refreshed progress")
+        };
+        assert_eq!((p.files, p.bytes, p.transferred), (1, 500, 800));
+        assert_eq!(p.eta, Some(Duration::ZERO));
     }
 }

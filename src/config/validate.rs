@@ -429,10 +429,14 @@ fn status_listen(ctx: &mut Ctx<'_>, raw: &RawDaemon) -> Result<Option<SocketAddr
                 "write \"127.0.0.1:PORT\", or add `allow_remote = true` to [daemon] if you really want the (unauthenticated) status endpoint on the network",
             ));
         }
+        let reach = match raw.trusted_peers.is_empty() {
+            true => "is reachable from the network",
+            false => "answers the trusted_peers (and loopback) only",
+        };
         ctx.note(
             Some(value.span()),
             field,
-            format!("the status endpoint on `{addr}` has no authentication and is reachable from the network"),
+            format!("the status endpoint on `{addr}` has no authentication and {reach}"),
         );
     }
     Ok(Some(addr))

@@ -138,12 +138,6 @@
 
 pub mod agent;
 pub mod archive;
-
-pub use agent::{Agent, Error};
-pub use config::{Config, ConfigEnv};
-pub use event::{Event, EventSink, Phase, Progress};
-pub use tokio_util::sync::CancellationToken;
-
 pub mod backup;
 pub mod config;
 #[cfg(feature = "daemon")]
@@ -162,6 +156,12 @@ pub mod retention;
 pub mod schedule;
 pub mod secret;
 pub mod totp;
+
+// The types an embedder needs most, at the crate root.
+pub use agent::{Agent, Error};
+pub use config::{Config, ConfigEnv};
+pub use event::{Event, EventSink, Phase, Progress};
+pub use tokio_util::sync::CancellationToken;
 
 /// An error and every cause under it, joined by `: `, for one-line reports
 /// (status files, notifications, logs).

@@ -104,7 +104,11 @@ pub(crate) async fn start(
         run_now,
         healthy_within: settings.healthy_within,
         allow_remote: settings.allow_remote,
-        trusted_peers: settings.trusted_peers.iter().copied().collect(),
+        trusted_peers: settings
+            .trusted_peers
+            .iter()
+            .map(IpAddr::to_canonical)
+            .collect(),
         started: clock.now(),
     };
     let stop = CancellationToken::new();
@@ -502,7 +506,10 @@ mod tests {
             run_now: mpsc::channel(1).0,
             healthy_within: None,
             allow_remote,
-            trusted_peers: trusted.iter().map(|p| p.parse().unwrap()).collect(),
+            trusted_peers: trusted
+                .iter()
+                .map(|p| p.parse::<IpAddr>().unwrap().to_canonical())
+                .collect(),
             started: Utc::now(),
         }
     }
@@ -537,6 +544,11 @@ mod tests {
         assert_eq!(code(&ha, "172.30.33.4", "homeassistant.local:8123"), 403);
         assert_eq!(code(&ha, "127.0.0.1", "localhost:9105"), 200);
         assert_eq!(code(&ha, "127.0.0.1", "evil.example"), 421);
+        let mapped = state(true, &["::ffff:172.30.32.2"]);
+        assert_eq!(
+            code(&mapped, "172.30.32.2", "homeassistant.local:8123"),
+            200
+        );
         assert_eq!(
             admit(&ha, "127.0.0.1".parse().unwrap(), None).map_err(|e| e.0),
             Err(StatusCode::MISDIRECTED_REQUEST)

@@ -22,11 +22,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use synback::agent::{Agent, Error, VerifyMode, exit};
-use synback::config::{Config, ConfigEnv};
-use synback::event::{ChannelEvents, Event, Phase};
+use synback::agent::{VerifyMode, exit};
+use synback::event::ChannelEvents;
 use synback::restore::Selector;
-use tokio_util::sync::CancellationToken;
+use synback::{Agent, CancellationToken, Config, ConfigEnv, Error, Event, Phase};
 
 /// Exit code when the user cancelled (as a shell reports Ctrl-C).
 const CANCELLED: u8 = 130;
@@ -171,7 +170,7 @@ async fn run(settings: Settings) -> u8 {
     let _ = screen.await;
     match outcome {
         Ok(()) => exit::OK,
-        Err(_) if cancel.is_cancelled() => {
+        Err(err) if err.is_cancelled() => {
             println!("backup cancelled: nothing was kept on the NAS");
             CANCELLED
         }
@@ -225,8 +224,12 @@ fn show(event: &Event) {
                 .total_bytes
                 .map(|t| format!(" of {t}"))
                 .unwrap_or_default();
+            let eta = p
+                .eta
+                .map(|eta| format!(", about {} s left", eta.as_secs()))
+                .unwrap_or_default();
             println!(
-                "[progress] {} files, {}{total} bytes read, {} bytes sent{}",
+                "[progress] {} files, {}{total} bytes read, {} bytes sent{eta}{}",
                 p.files,
                 p.bytes,
                 p.transferred,

@@ -12,15 +12,17 @@
 //! `--log`, the program installs its own tracing subscriber, which writes
 //! the library's log events to stderr: the library logs through `tracing`
 //! and never prints by itself. A test runs both ways and checks that
-//! without `--log` stdout and stderr stay empty. Its release build is the
-//! "library-only" size in docs/BENCHMARKS.md.
+//! without `--log` stdout and stderr stay empty. `examples/library-only/`
+//! builds this file against synback with `default-features = false` (as
+//! an example of the main package it gets the default features through
+//! the dev-dependencies); that build is the "library-only" size in
+//! docs/BENCHMARKS.md, and CI runs it too.
 
 use std::process::ExitCode;
 
-use synback::agent::{Agent, Error, VerifyMode, exit};
-use synback::config::{Config, ConfigEnv};
+use synback::agent::{VerifyMode, exit};
 use synback::restore::{RestoreOptions, Selector};
-use tokio_util::sync::CancellationToken;
+use synback::{Agent, CancellationToken, Config, ConfigEnv, Error};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

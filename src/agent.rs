@@ -19,7 +19,7 @@ use crate::archive::{self, DecryptKey, EntryInfo, Manifest};
 use crate::backup::{self, BackupOptions, BackupReport, RotateOutcome};
 use crate::config::{self, Config, JobConfig};
 use crate::dsm::{self, ClientOptions, OtpSource};
-use crate::event::{Events, NoEvents};
+use crate::event::{Event, Events, NoEvents, Phase};
 use crate::repo::dsm_target::DsmTarget;
 use crate::repo::layout::{self, JobName};
 use crate::repo::listing::{Listing, SnapshotFiles};
@@ -125,6 +125,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The run was cancelled through its token before it started
+    /// transferring (while connecting). [`Error::is_cancelled`] also
+    /// recognises a cancelled backup or restore.
+    #[error("cancelled")]
+    Cancelled,
     /// A manifest from `--from-file` could not be read.
     #[error("{path}: {source}")]
     LocalManifest {
@@ -188,11 +193,33 @@ impl Error {
         }
     }
 
+    /// True when the run stopped because its cancellation token was
+    /// cancelled (partials were removed and the lock released), not
+    /// because something failed.
+    pub fn is_cancelled(&self) -> bool {
+        match self {
+            Error::Cancelled => true,
+            Error::Backup(e) => matches!(
+                **e,
+                backup::Error::Cancelled
+                    | backup::Error::Archive {
+                        source: archive::Error::Cancelled
+                    }
+            ),
+            Error::Restore(e) => match &**e {
+                restore::Error::Cancelled => true,
+                restore::Error::Archive(a) => matches!(**a, archive::Error::Cancelled),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// Advice for the person reading the error, when there is any.
     pub fn hint(&self) -> Option<String> {
         if let Error::Restore(e) = self
             && let restore::Error::Archive(a) = e.as_ref()
-            && a.to_string().contains("symlink points outside")
+            && a.is_external_symlink()
         {
             return Some(
                         "the snapshot holds absolute symlinks; restore with --allow-external-symlinks to recreate them as links".to_owned(),
@@ -440,7 +467,13 @@ impl Agent {
     ) -> Result<BackupReport, Error> {
         let job = self.job(job)?;
         let opts = backup_options(job)?;
-        let (client, target) = self.target(job).await?;
+        // Discovery and login retry for minutes against an unreachable NAS:
+        // a cancel must not wait for that.
+        let (client, target) = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(Error::Cancelled),
+            connected = self.target(job) => connected?,
+        };
         let result = backup::run(target, &opts, Arc::clone(&self.events), cancel, Utc::now()).await;
         logout(&client).await;
         Ok(result?)
@@ -474,7 +507,9 @@ impl Agent {
         let job = self.job(job)?;
         let keys = identity_keys(job, None)?;
         let (client, target) = self.target(job).await?;
+        self.events.event(Event::Phase(Phase::Verifying));
         let result = verify_snapshot(target, job, selector, mode, &keys, cancel).await;
+        self.events.event(Event::Phase(Phase::Done));
         logout(&client).await;
         result
     }

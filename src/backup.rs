@@ -28,7 +28,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::archive::{
     self, Issue, Manifest, PackCounts, PackOptions, SnapshotMeta, VolumeInfo, VolumeSink,
@@ -253,10 +253,16 @@ pub async fn run(
     events.event(Event::Phase(Phase::Connecting));
     target.ensure_folder().await?;
     let (id, now) = fresh_id(target.as_ref(), &opts.job, now).await?;
+    if cancel.is_cancelled() {
+        events.event(Event::Phase(Phase::Done));
+        return Err(Error::Cancelled);
+    }
     let info = LockInfo::for_this_process(now).with_snapshot(&id);
     let lock = Lock::acquire(target.as_ref(), info, &opts.lock, now).await?;
     info!(snapshot = %id, "lock taken");
-    remove_leftovers(target.as_ref(), &opts.job).await;
+    let listing = remove_leftovers(target.as_ref(), &opts.job).await;
+    let (read, stored) = previous_totals(target.as_ref(), listing.as_ref()).await;
+    let events = crate::event::with_eta(events, read, stored);
 
     let spool_removal = TaskTracker::new();
     let result = transfer_and_commit(&target, opts, &id, &events, &cancel, now, &spool_removal);
@@ -529,9 +535,10 @@ async fn fresh_id(
 /// left by a run that died (killed, crashed, powered off). Only names that
 /// parse as this job's files are touched; failures are logged, and the
 /// daily cleanup after the run tries again.
-async fn remove_leftovers(target: &dyn Target, job: &JobName) {
+/// Returns the listing it worked from.
+async fn remove_leftovers(target: &dyn Target, job: &JobName) -> Option<Listing> {
     let Ok(entries) = target.list().await else {
-        return;
+        return None;
     };
     let listing = Listing::classify(job, entries);
     let names: Vec<String> = listing
@@ -544,6 +551,7 @@ async fn remove_leftovers(target: &dyn Target, job: &JobName) {
         info!(file = %name, "removing what an interrupted run left");
         delete_quietly(target, &name).await;
     }
+    Some(listing)
 }
 
 /// After the commit: retention and cleanup. Their failures are logged and
@@ -613,7 +621,29 @@ fn md5_hex(data: &[u8]) -> String {
     hex::encode(md5::Md5::digest(data))
 }
 
-/// Turns archive progress into throttled [`Event::Progress`] events.
+/// The bytes the job's latest snapshot read (from its manifest, one small
+/// download) and stored (from the listing): the estimated totals of this
+/// run, whose sources are not walked in advance. `None` on the first run
+/// or when they cannot be read.
+async fn previous_totals(
+    target: &dyn Target,
+    listing: Option<&Listing>,
+) -> (Option<u64>, Option<u64>) {
+    let Some(latest) = listing.and_then(Listing::latest) else {
+        return (None, None);
+    };
+    let read = match crate::restore::manifest(target, latest).await {
+        Ok(manifest) => Some(manifest.bytes_read),
+        Err(err) => {
+            debug!(cause = %err, "no estimate of the bytes to read: previous manifest unreadable");
+            None
+        }
+    };
+    (read, Some(latest.archive_size()))
+}
+
+/// Turns archive progress into throttled [`Event::Progress`] events
+/// (totals and ETA are added by [`crate::event::with_eta`]).
 fn progress_reporter(
     events: &Events,
     sent: &Arc<AtomicU64>,
@@ -628,13 +658,16 @@ fn progress_reporter(
             return;
         }
         *last = Some(Instant::now());
-        events.event(Event::Progress(Progress {
-            files: p.counts.files,
-            bytes: p.bytes_read,
-            transferred: sent.load(Ordering::Relaxed),
-            total_bytes: None,
-            current: Some(p.current.display().to_string()),
-        }));
+        let mut progress = Progress::counters(
+            p.counts.files,
+            p.bytes_read,
+            sent.load(Ordering::Relaxed),
+            Some(p.current.display().to_string()),
+        );
+        // The scan ahead of the pack, once done, knows this run's input
+        // better than the previous snapshot does.
+        progress.total_bytes = p.bytes_total;
+        events.event(Event::Progress(progress));
     }
 }
 
@@ -657,6 +690,13 @@ where
     })
     .await
     .map_err(|e| Error::Internal(format!("the archiver thread ended: {e}")))??;
+    // The reporter is throttled: the final counts always go out.
+    events.event(Event::Progress(Progress::counters(
+        summary.counts.files,
+        summary.bytes_read,
+        sent.load(Ordering::Relaxed),
+        None,
+    )));
     for issue in &summary.issues {
         events.event(Event::Warning {
             path: issue.path.display().to_string(),

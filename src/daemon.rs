@@ -130,6 +130,7 @@ pub fn plan(config: &Config) -> (DaemonSettings, Vec<JobSpec>) {
         .daemon
         .status_listen
         .is_some_and(|a| !a.ip().is_loopback());
+    settings.trusted_peers = config.daemon.trusted_peers.clone();
     settings.mqtt = config.mqtt.as_ref().map(mqtt_settings);
     settings.retry = RetryPolicy::new(
         config.retry.max_attempts,

@@ -7,8 +7,11 @@
 //! `synback` command; appliances embed it directly.
 //!
 //! # Layout
-//! - [`agent`]: the front door. An [`agent::Agent`] built from a
-//!   [`config::Config`] runs backups, lists, verifies, restores and forgets.
+//! - [`agent`]: the front door. An [`Agent`] built from a [`Config`] runs
+//!   backups, lists, verifies, restores and forgets. The types an embedder
+//!   needs most are re-exported at the crate root: [`Agent`], [`Error`],
+//!   [`Config`], [`ConfigEnv`], [`Event`], [`EventSink`], [`Progress`],
+//!   [`Phase`] and [`CancellationToken`].
 //! - [`config`]: the TOML model and its validation, with located messages.
 //! - [`dsm`]: the DSM Web API client (discovery, login, File Station calls);
 //!   knows nothing of backups.
@@ -38,10 +41,13 @@
 //!    [`event::EventSink`]; [`event::ChannelEvents`] turns the run into a
 //!    stream of [`event::Event`]s (phases, throttled [`event::Progress`]
 //!    with files, bytes and the current path, stored volumes, retries,
-//!    per-file warnings) for a progress screen.
+//!    per-file warnings) for a progress screen; [`event::Progress::eta`]
+//!    estimates the time left (a backup estimates its total from the
+//!    job's previous snapshot).
 //! 3. **Cancel** with a [`tokio_util::sync::CancellationToken`]: the run
 //!    stops, removes what it uploaded and releases the NAS lock before
-//!    [`agent::Agent::backup`] returns. Never drop the future instead.
+//!    [`agent::Agent::backup`] returns, then [`agent::Error::is_cancelled`]
+//!    is true. Never drop the future instead.
 //! 4. **Map errors** to the appliance's UI: [`agent::Error`] is a typed
 //!    enum; [`agent::Error::exit_code`] classifies it (see [`agent::exit`]:
 //!    unreachable, refused credentials, locked, verification failed...),
@@ -54,10 +60,9 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use synback::agent::{Agent, exit};
-//! use synback::config::{Config, ConfigEnv};
-//! use synback::event::{ChannelEvents, Event};
-//! use tokio_util::sync::CancellationToken;
+//! use synback::agent::exit;
+//! use synback::event::ChannelEvents;
+//! use synback::{Agent, CancellationToken, Config, ConfigEnv, Event};
 //!
 //! # async fn appliance(password: String) -> Result<(), synback::config::Error> {
 //! let text = r#"
@@ -81,8 +86,8 @@
 //! tokio::spawn(async move {
 //!     while let Some(event) = rx.recv().await {
 //!         if let Event::Progress(p) = event {
-//!             // Update the progress bar: p.files, p.bytes, p.current...
-//!             let _ = (p.files, p.bytes);
+//!             // Update the progress bar: p.files, p.bytes, p.current, p.eta...
+//!             let _ = (p.files, p.bytes, p.eta);
 //!         }
 //!     }
 //! });
@@ -90,7 +95,7 @@
 //! let cancel = CancellationToken::new(); // call cancel.cancel() from the "stop" button
 //! match agent.backup("settings", cancel.clone()).await {
 //!     Ok(report) => { let _ = report.snapshot; }
-//!     Err(_) if cancel.is_cancelled() => { /* nothing was kept, the lock is released */ }
+//!     Err(err) if err.is_cancelled() => { /* nothing was kept, the lock is released */ }
 //!     Err(err) => {
 //!         let _message = match err.exit_code() {
 //!             exit::UNREACHABLE => "The NAS is offline.".to_owned(),
@@ -151,6 +156,12 @@ pub mod retention;
 pub mod schedule;
 pub mod secret;
 pub mod totp;
+
+// The types an embedder needs most, at the crate root.
+pub use agent::{Agent, Error};
+pub use config::{Config, ConfigEnv};
+pub use event::{Event, EventSink, Phase, Progress};
+pub use tokio_util::sync::CancellationToken;
 
 /// An error and every cause under it, joined by `: `, for one-line reports
 /// (status files, notifications, logs).

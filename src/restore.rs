@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument};
 
 use crate::archive::{self, DecryptKey, EntryInfo, Manifest, VolumeRecord as ManifestVolume};
-use crate::event::{Event, Events, Phase};
+use crate::event::{Event, Events, Phase, Progress};
 use crate::repo::layout::{JobName, SnapshotId};
 use crate::repo::listing::{Listing, SnapshotFiles};
 use crate::repo::target::{self, Target, TargetExt};
@@ -237,10 +237,14 @@ pub async fn restore(
         tx,
         &cancel,
     );
-    let extractor = extract_blocking(ChainReader::new(rx), opts, &cancel);
+    let events = crate::event::with_eta(events, None, None);
+    let size: u64 = manifest.volumes.iter().map(|v| v.size).sum();
+    let reader = Metered::new(ChainReader::new(rx), Arc::clone(&events), size);
+    let extractor = extract_blocking(reader, opts, &cancel);
     let (fed, extracted) = tokio::join!(feeder, extractor);
     let downloaded = fed?;
     let mut report = extracted?;
+    events.event(Event::Progress(restore_progress(size, size)));
     report.snapshot = snapshot.id.to_string();
     report.downloaded = downloaded;
     report.seconds = started.elapsed().as_secs_f64();
@@ -530,6 +534,50 @@ impl<'v> CheckedDownload<'v> {
     }
 }
 
+/// Counts the archive bytes the extractor consumed and reports them as
+/// throttled [`Event::Progress`] against the snapshot's `size`.
+struct Metered<R> {
+    inner: R,
+    events: Events,
+    done: u64,
+    size: u64,
+    last: Option<Instant>,
+}
+
+impl<R> Metered<R> {
+    fn new(inner: R, events: Events, size: u64) -> Self {
+        Self {
+            inner,
+            events,
+            done: 0,
+            size,
+            last: None,
+        }
+    }
+}
+
+impl<R: Read> Read for Metered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        let due = self
+            .last
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(200));
+        if due && n > 0 {
+            self.last = Some(Instant::now());
+            self.events
+                .event(Event::Progress(restore_progress(self.done, self.size)));
+        }
+        Ok(n)
+    }
+}
+
+fn restore_progress(done: u64, size: u64) -> Progress {
+    let mut progress = Progress::counters(0, 0, done, None);
+    progress.total_transferred = Some(size);
+    progress
+}
+
 /// Reads volumes one after the other as they arrive from the feeder.
 struct ChainReader {
     rx: std::sync::mpsc::Receiver<Result<Volume, String>>,
@@ -565,7 +613,7 @@ impl Read for ChainReader {
 }
 
 async fn extract_blocking(
-    reader: ChainReader,
+    reader: impl Read + Send + 'static,
     opts: &RestoreOptions,
     cancel: &CancellationToken,
 ) -> Result<RestoreReport, Error> {
@@ -577,7 +625,7 @@ async fn extract_blocking(
 }
 
 fn extract(
-    reader: ChainReader,
+    reader: impl Read + Send,
     opts: &RestoreOptions,
     cancel: &CancellationToken,
 ) -> Result<RestoreReport, Error> {

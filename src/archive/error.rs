@@ -166,4 +166,13 @@ impl Error {
             reason,
         }
     }
+
+    /// True for a symlink refused because it points outside the restore
+    /// target (`allow_external_symlinks` would recreate it).
+    pub fn is_external_symlink(&self) -> bool {
+        matches!(self, Self::UnsafePath { reason, .. } if *reason == EXTERNAL_SYMLINK)
+    }
 }
+
+/// The [`Error::UnsafePath`] reason of a symlink that leaves the target.
+pub(crate) const EXTERNAL_SYMLINK: &str = "symlink points outside the target directory";

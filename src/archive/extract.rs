@@ -371,7 +371,7 @@ impl Extractor<'_> {
         if !self.opts.allow_external_symlinks && !link_stays_inside(rel, &target) {
             return Err(Error::unsafe_path(
                 rel.to_string_lossy(),
-                "symlink points outside the target directory",
+                super::error::EXTERNAL_SYMLINK,
             ));
         }
         let Some(dest) = self.destination(rel)? else {

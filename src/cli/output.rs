@@ -70,7 +70,15 @@ impl EventSink for BarEvents {
             Event::Phase(phase) => bar.set_message(phase_name(phase)),
             Event::Progress(p) => {
                 bar.set_position(p.bytes);
-                bar.set_prefix(format!("{} ({} files)", HumanBytes(p.transferred), p.files));
+                let eta = p.eta.map_or(String::new(), |eta| {
+                    let eta = Duration::from_secs(eta.as_secs());
+                    format!(", about {} left", humantime::format_duration(eta))
+                });
+                bar.set_prefix(format!(
+                    "{} ({} files){eta}",
+                    HumanBytes(p.transferred),
+                    p.files
+                ));
                 if let Ok(mut files) = self.files.lock() {
                     *files = p.files;
                 }

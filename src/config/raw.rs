@@ -137,6 +137,9 @@ pub struct RawDaemon {
     pub status_listen: Option<SpannedString>,
     /// `allow_remote = false`.
     pub allow_remote: Option<bool>,
+    /// `trusted_peers = ["172.30.32.2"]`: the only non-loopback clients served.
+    #[serde(default)]
+    pub trusted_peers: Vec<SpannedString>,
     /// `log_format = "human"` or `"json"`.
     pub log_format: Option<SpannedString>,
     /// `healthy_within = "26h"`: `/healthz` fails past this without a success.

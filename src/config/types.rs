@@ -4,7 +4,7 @@
 //! convert them to their own option types; nothing here depends on them.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -222,6 +222,10 @@ pub struct DaemonConfig {
     pub catch_up: bool,
     /// Address of the status endpoint (`/healthz`, `/metrics`), if any.
     pub status_listen: Option<SocketAddr>,
+    /// When not empty, the only non-loopback addresses the status endpoint
+    /// answers (a reverse proxy such as Home Assistant's ingress); their
+    /// requests may name any `Host`.
+    pub trusted_peers: Vec<IpAddr>,
     /// Log line format.
     pub log_format: LogFormat,
     /// `/healthz` answers 503 when a job's last success is older than this.

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -372,6 +372,7 @@ fn daemon(ctx: &mut Ctx<'_>, raw: &RawDaemon) -> Result<DaemonConfig, Error> {
         max_parallel: usize::try_from(max_parallel).unwrap_or(usize::MAX),
         catch_up: raw.catch_up.unwrap_or(true),
         status_listen: status_listen(ctx, raw)?,
+        trusted_peers: trusted_peers(ctx, raw)?,
         log_format,
         healthy_within: match &raw.healthy_within {
             Some(value) => {
@@ -385,6 +386,24 @@ fn daemon(ctx: &mut Ctx<'_>, raw: &RawDaemon) -> Result<DaemonConfig, Error> {
             Duration::from_secs(60),
         )?,
     })
+}
+
+fn trusted_peers(ctx: &mut Ctx<'_>, raw: &RawDaemon) -> Result<Vec<IpAddr>, Error> {
+    let field = "daemon.trusted_peers";
+    raw.trusted_peers
+        .iter()
+        .map(|value| {
+            value.get_ref().trim().parse().map_err(|e| {
+                ctx.invalid_because(
+                    Some(value.span()),
+                    field,
+                    format!("`{}` is not an IP address", value.get_ref()),
+                    "write e.g. \"172.30.32.2\" (no port, no host names)",
+                    e,
+                )
+            })
+        })
+        .collect()
 }
 
 fn status_listen(ctx: &mut Ctx<'_>, raw: &RawDaemon) -> Result<Option<SocketAddr>, Error> {
@@ -410,10 +429,14 @@ fn status_listen(ctx: &mut Ctx<'_>, raw: &RawDaemon) -> Result<Option<SocketAddr
                 "write \"127.0.0.1:PORT\", or add `allow_remote = true` to [daemon] if you really want the (unauthenticated) status endpoint on the network",
             ));
         }
+        let reach = match raw.trusted_peers.is_empty() {
+            true => "is reachable from the network",
+            false => "answers the trusted_peers (and loopback) only",
+        };
         ctx.note(
             Some(value.span()),
             field,
-            format!("the status endpoint on `{addr}` has no authentication and is reachable from the network"),
+            format!("the status endpoint on `{addr}` has no authentication and {reach}"),
         );
     }
     Ok(Some(addr))

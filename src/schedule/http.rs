@@ -1,8 +1,10 @@
 //! The optional HTTP status endpoint (off unless `status_listen` is set).
 //!
 //! - `GET /healthz`: 200, or 503 when a job's last success is older than
-//!   `healthy_within` (a job that never finished a run yet counts as
-//!   healthy, so a fresh install is not reported broken).
+//!   `healthy_within`. A job that never finished a run counts from the
+//!   daemon's start: healthy at first, so a fresh install is not reported
+//!   broken, and stale once `healthy_within` passes without a success (a
+//!   schedule that never fires, a first run that hangs).
 //! - `GET /metrics`: Prometheus text format.
 //! - `GET /`: a small self-contained HTML page (no external assets) with a
 //!   "run now" button per job.
@@ -13,18 +15,26 @@
 //!   cannot trigger runs.
 //!
 //! The listener refuses non-loopback addresses unless `allow_remote` is set.
-//! Without `allow_remote`, requests whose `Host` is not `localhost` or a
-//! loopback address are refused too (421), so a DNS-rebinding page cannot
-//! read the token.
+//! Requests whose `Host` is not `localhost` or a loopback address (with
+//! `allow_remote`: or any IP address) are refused (421), so a DNS-rebinding
+//! page, whose `Host` is the attacker's name, cannot read the token. When
+//! `trusted_peers` is set, non-loopback clients other than those are
+//! refused (403), and the trusted ones (a reverse proxy such as Home
+//! Assistant's ingress, which keeps the browser's `Host`) may send any
+//! `Host`.
+//!
+//! Links and redirects are relative and the page may be framed by its own
+//! origin, so it works below a path prefix (`/api/hassio_ingress/<token>/`)
+//! inside the Home Assistant sidebar.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Form, Path, State};
+use axum::extract::{ConnectInfo, Form, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -47,6 +57,9 @@ struct AppState {
     run_now: mpsc::Sender<String>,
     healthy_within: Option<Duration>,
     allow_remote: bool,
+    trusted_peers: Arc<[IpAddr]>,
+    /// When the listener started: the age of a job that never ran.
+    started: DateTime<Utc>,
 }
 
 /// A running status listener.
@@ -91,10 +104,16 @@ pub(crate) async fn start(
         run_now,
         healthy_within: settings.healthy_within,
         allow_remote: settings.allow_remote,
+        trusted_peers: settings
+            .trusted_peers
+            .iter()
+            .map(IpAddr::to_canonical)
+            .collect(),
+        started: clock.now(),
     };
     let stop = CancellationToken::new();
     let shutdown = stop.clone().cancelled_owned();
-    let app = router(state);
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -126,6 +145,7 @@ fn router(state: AppState) -> Router {
 
 async fn check_host(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -133,26 +153,49 @@ async fn check_host(
         .headers()
         .get(header::HOST)
         .and_then(|v| v.to_str().ok());
-    if state.allow_remote || host.is_some_and(is_local_host) {
-        return next.run(request).await;
+    match admit(&state, peer.ip(), host) {
+        Ok(()) => next.run(request).await,
+        Err((status, reason)) => {
+            tracing::warn!(peer = %peer, host = host.unwrap_or(""), reason, "request refused");
+            (status, format!("refused: {reason}\n")).into_response()
+        }
     }
-    tracing::warn!(
-        host = host.unwrap_or(""),
-        "request for a foreign host refused"
-    );
-    (
-        StatusCode::MISDIRECTED_REQUEST,
-        "refused: not a local host name\n",
-    )
-        .into_response()
+}
+
+/// Whether a request from `peer` for `host` is served (see the module docs).
+fn admit(
+    state: &AppState,
+    peer: IpAddr,
+    host: Option<&str>,
+) -> Result<(), (StatusCode, &'static str)> {
+    let peer = peer.to_canonical();
+    if state.trusted_peers.contains(&peer) {
+        return Ok(());
+    }
+    if !state.trusted_peers.is_empty() && !peer.is_loopback() {
+        return Err((StatusCode::FORBIDDEN, "not a trusted peer"));
+    }
+    let host_ok = host.is_some_and(|host| {
+        is_local_host(host) || (state.allow_remote && host_name(host).parse::<IpAddr>().is_ok())
+    });
+    if host_ok {
+        Ok(())
+    } else {
+        Err((StatusCode::MISDIRECTED_REQUEST, "not a local host name"))
+    }
+}
+
+/// The name or address of a `Host` header, without port or brackets.
+fn host_name(host: &str) -> &str {
+    match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    }
 }
 
 /// True for `localhost` or a loopback address, with or without a port.
 fn is_local_host(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
-    };
+    let name = host_name(host);
     name.eq_ignore_ascii_case("localhost")
         || name
             .parse::<std::net::IpAddr>()
@@ -162,7 +205,7 @@ fn is_local_host(host: &str) -> bool {
 async fn healthz(State(state): State<AppState>) -> Response {
     let status = state.store.snapshot();
     let now = state.clock.now();
-    let stale = stale_jobs(&status, state.healthy_within, now);
+    let stale = stale_jobs(&status, state.healthy_within, now, state.started);
     if stale.is_empty() {
         (StatusCode::OK, "ok\n").into_response()
     } else {
@@ -171,16 +214,26 @@ async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Jobs whose last success is older than `within` (none without a threshold).
-fn stale_jobs(status: &StatusFile, within: Option<Duration>, now: DateTime<Utc>) -> Vec<String> {
+/// Jobs whose last success is older than `within` (none without a
+/// threshold). A job that never finished a run is as old as the daemon
+/// (`started`); one whose runs all failed is stale at once.
+fn stale_jobs(
+    status: &StatusFile,
+    within: Option<Duration>,
+    now: DateTime<Utc>,
+    started: DateTime<Utc>,
+) -> Vec<String> {
     let Some(within) = within.and_then(|w| chrono::Duration::from_std(w).ok()) else {
         return Vec::new();
     };
     status
         .jobs
         .iter()
-        .filter(|(_, job)| job.last_end.is_some())
-        .filter(|(_, job)| job.last_success.is_none_or(|at| now - at > within))
+        .filter(|(_, job)| match (job.last_success, job.last_end) {
+            (Some(at), _) => now - at > within,
+            (None, Some(_)) => true,
+            (None, None) => now - started > within,
+        })
         .map(|(name, _)| name.clone())
         .collect()
 }
@@ -308,7 +361,9 @@ async fn run_now(
         return (StatusCode::SERVICE_UNAVAILABLE, "daemon is stopping\n").into_response();
     }
     tracing::info!(job = %job, "run-now requested over HTTP");
-    Redirect::to("/").into_response()
+    // Relative: from `<prefix>/run/<job>` back to `<prefix>/`, whatever
+    // prefix a reverse proxy (Home Assistant ingress) put in front.
+    Redirect::to("../").into_response()
 }
 
 /// Refuses requests a browser marks as coming from another site.
@@ -347,11 +402,16 @@ async fn page(State(state): State<AppState>) -> Response {
                 HeaderValue::from_static("text/html; charset=utf-8"),
             ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-            (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+            // Framed only by its own origin: the Home Assistant sidebar
+            // shows it in an iframe of the same origin through ingress.
+            (
+                header::X_FRAME_OPTIONS,
+                HeaderValue::from_static("SAMEORIGIN"),
+            ),
             (
                 header::CONTENT_SECURITY_POLICY,
                 HeaderValue::from_static(
-                    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+                    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'self'",
                 ),
             ),
         ],
@@ -394,7 +454,7 @@ fn row(name: &str, job: &JobStatus, token: &str) -> String {
     };
     format!(
         "<tr class=\"{class}\"><td>{}</td><td class=\"status\">{status}</td><td>{}</td><td>{}</td>\
-<td>{}</td><td>{}</td><td><form method=\"post\" action=\"/run/{}\">\
+<td>{}</td><td>{}</td><td><form method=\"post\" action=\"run/{}\">\
 <input type=\"hidden\" name=\"token\" value=\"{token}\"><button>run now</button></form></td></tr>",
         escape_html(name),
         stamp(job.last_success),
@@ -435,6 +495,201 @@ fn percent_encode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schedule::SystemClock;
+
+    fn state(allow_remote: bool, trusted: &[&str]) -> AppState {
+        let dir = std::env::temp_dir().join("synback-http-unit-never-written");
+        AppState {
+            store: Arc::new(StatusStore::load(dir)),
+            clock: Arc::new(SystemClock),
+            token: "t".into(),
+            run_now: mpsc::channel(1).0,
+            healthy_within: None,
+            allow_remote,
+            trusted_peers: trusted
+                .iter()
+                .map(|p| p.parse::<IpAddr>().unwrap().to_canonical())
+                .collect(),
+            started: Utc::now(),
+        }
+    }
+
+    fn code(state: &AppState, peer: &str, host: &str) -> u16 {
+        match admit(state, peer.parse().unwrap(), Some(host)) {
+            Ok(()) => 200,
+            Err((status, _)) => status.as_u16(),
+        }
+    }
+
+    #[test]
+    fn peers_and_hosts_are_admitted_as_documented() {
+        let local = state(false, &[]);
+        assert_eq!(code(&local, "127.0.0.1", "127.0.0.1:9105"), 200);
+        assert_eq!(code(&local, "127.0.0.1", "evil.example"), 421);
+        assert_eq!(code(&local, "127.0.0.1", "192.168.1.5:9105"), 421);
+        // allow_remote: any IP literal, but never a name (DNS rebinding).
+        let remote = state(true, &[]);
+        assert_eq!(code(&remote, "192.168.1.7", "192.168.1.5:9105"), 200);
+        assert_eq!(code(&remote, "192.168.1.7", "[fd00::5]:9105"), 200);
+        assert_eq!(code(&remote, "192.168.1.7", "evil.example:9105"), 421);
+        // Home Assistant: only the Supervisor (and loopback) get in, and
+        // the Supervisor forwards the browser's Host.
+        let ha = state(true, &["172.30.32.2"]);
+        assert_eq!(code(&ha, "172.30.32.2", "homeassistant.local:8123"), 200);
+        assert_eq!(
+            code(&ha, "::ffff:172.30.32.2", "homeassistant.local:8123"),
+            200
+        );
+        assert_eq!(code(&ha, "172.30.33.4", "172.30.33.9:9105"), 403);
+        assert_eq!(code(&ha, "172.30.33.4", "homeassistant.local:8123"), 403);
+        assert_eq!(code(&ha, "127.0.0.1", "localhost:9105"), 200);
+        assert_eq!(code(&ha, "127.0.0.1", "evil.example"), 421);
+        let mapped = state(true, &["::ffff:172.30.32.2"]);
+        assert_eq!(
+            code(&mapped, "172.30.32.2", "homeassistant.local:8123"),
+            200
+        );
+        assert_eq!(
+            admit(&ha, "127.0.0.1".parse().unwrap(), None).map_err(|e| e.0),
+            Err(StatusCode::MISDIRECTED_REQUEST)
+        );
+    }
+
+    #[test]
+    fn a_job_that_never_finishes_a_run_goes_stale_after_the_threshold() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let started = t("2026-01-01T00:00:00Z");
+        let mut status = StatusFile::default();
+        status.jobs.insert("never".into(), JobStatus::default());
+        let ok = JobStatus {
+            last_end: Some(t("2026-01-01T05:00:00Z")),
+            last_success: Some(t("2026-01-01T05:00:00Z")),
+            ..JobStatus::default()
+        };
+        status.jobs.insert("ok".into(), ok);
+        let failed = JobStatus {
+            last_end: Some(t("2026-01-01T05:00:00Z")),
+            ..JobStatus::default()
+        };
+        status.jobs.insert("failed".into(), failed);
+        let within = Some(Duration::from_secs(3600));
+        let stale = |now| stale_jobs(&status, within, t(now), started);
+        assert_eq!(stale("2026-01-01T00:30:00Z"), ["failed"]);
+        assert_eq!(stale("2026-01-01T05:30:00Z"), ["failed", "never"]);
+        assert_eq!(stale("2026-01-01T06:30:00Z"), ["failed", "never", "ok"]);
+        assert!(stale_jobs(&status, None, t("2027-01-01T00:00:00Z"), started).is_empty());
+    }
+
+    /// The page as Home Assistant's ingress shows it: the browser is at
+    /// `http://homeassistant.local:8123/api/hassio_ingress/TOKEN/`, the
+    /// Supervisor (a trusted peer, here 127.0.0.2) strips the prefix and
+    /// forwards the browser's Host and Origin. The form, the redirect and
+    /// the framing headers must keep the browser inside the prefix.
+    #[tokio::test]
+    async fn the_page_works_below_the_ingress_prefix_for_a_trusted_proxy_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = DaemonSettings::new(dir.path());
+        settings.status_listen = Some("127.0.0.1:0".parse().unwrap());
+        settings.trusted_peers = vec!["127.0.0.2".parse().unwrap()];
+        let store = Arc::new(StatusStore::load(dir.path().to_owned()));
+        store.update("ha", Utc::now(), |_| {}).await;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let (run_tx, mut run_rx) = mpsc::channel(4);
+        let (server, addr) = start(&settings, &store, &clock, run_tx)
+            .await
+            .unwrap()
+            .unwrap();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = |local: &str| {
+            reqwest::Client::builder()
+                .local_address(local.parse::<IpAddr>().unwrap())
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap()
+        };
+        let supervisor = client("127.0.0.2");
+        let browser_base =
+            reqwest::Url::parse("http://homeassistant.local:8123/api/hassio_ingress/abc123/")
+                .unwrap();
+        let host = "homeassistant.local:8123";
+        let origin = "http://homeassistant.local:8123";
+        // Browser URL -> the URL the Supervisor asks the add-on for.
+        let upstream = |url: &reqwest::Url| {
+            let rest = url
+                .as_str()
+                .strip_prefix(browser_base.as_str())
+                .unwrap_or_else(|| panic!("{url} left the ingress prefix"));
+            format!("http://{addr}/{rest}")
+        };
+
+        let page = supervisor
+            .get(upstream(&browser_base))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200);
+        let frame = page.headers()["x-frame-options"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(frame, "SAMEORIGIN");
+        let csp = page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(csp.contains("frame-ancestors 'self'"), "{csp}");
+        let html = page.text().await.unwrap();
+        let action = html
+            .split("action=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let token = html
+            .split("name=\"token\" value=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let post_url = browser_base.join(action).unwrap();
+        let posted = supervisor
+            .post(upstream(&post_url))
+            .header("host", host)
+            .header("origin", origin)
+            .header("sec-fetch-site", "same-origin")
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap();
+        assert!(posted.status().is_redirection(), "{posted:?}");
+        assert_eq!(run_rx.recv().await.as_deref(), Some("ha"));
+        let location = posted.headers()["location"].to_str().unwrap();
+        assert_eq!(
+            post_url.join(location).unwrap(),
+            browser_base,
+            "redirect leaves the prefix"
+        );
+
+        // Loopback clients other than the proxy keep the Host check.
+        let local = client("127.0.0.1");
+        let foreign = local
+            .get(format!("http://{addr}/"))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(foreign.status(), 421);
+        let direct = local
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(direct.status(), 200);
+        server.stop().await;
+    }
 
     #[test]
     fn origin_checks() {
@@ -486,5 +741,137 @@ mod tests {
         );
         assert_eq!(escape_label("a\"b\\c\n"), "a\\\"b\\\\c\\n");
         assert_eq!(percent_encode("a b/c"), "a%20b%2Fc");
+    }
+
+    /// A stand-in for Home Assistant: `/` is a page with the status page in
+    /// an iframe at `/api/hassio_ingress/tok/`, which is proxied to
+    /// `upstream` from 127.0.0.2 (the trusted peer), the browser's Host and
+    /// Origin kept, as the Supervisor does.
+    async fn ingress_proxy(upstream: SocketAddr) -> SocketAddr {
+        const PARENT: &str = r#"<!doctype html><html><body>
+<iframe id="f" src="/api/hassio_ingress/tok/" width="900" height="400"></iframe>
+<pre id="out">pending</pre>
+<script>
+const f = document.getElementById("f"), out = document.getElementById("out");
+let loads = 0;
+f.onload = () => {
+  loads += 1;
+  try {
+    const doc = f.contentDocument;
+    if (loads === 1) {
+      out.textContent = "framed: " + doc.querySelector("h1").textContent;
+      doc.querySelector("form").submit();
+    } else {
+      out.textContent += "; after run now: " + f.contentWindow.location.pathname
+        + " " + doc.querySelector("h1").textContent;
+    }
+  } catch (e) {
+    out.textContent = "blocked: " + e;
+  }
+};
+</script></body></html>"#;
+        let client = reqwest::Client::builder()
+            .local_address("127.0.0.2".parse::<IpAddr>().unwrap())
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let forward = move |request: axum::extract::Request| {
+            let client = client.clone();
+            async move {
+                let path = request.uri().path().to_owned();
+                let Some(rest) = path.strip_prefix("/api/hassio_ingress/tok/") else {
+                    return StatusCode::NOT_FOUND.into_response();
+                };
+                let method = request.method().clone();
+                let headers = request.headers().clone();
+                let body = axum::body::to_bytes(request.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                let mut call = client
+                    .request(method, format!("http://{upstream}/{rest}"))
+                    .body(body);
+                for (name, value) in &headers {
+                    if name != header::CONTENT_LENGTH {
+                        call = call.header(name, value);
+                    }
+                }
+                let answer = call.send().await.unwrap();
+                let mut response = Response::builder().status(answer.status());
+                for (name, value) in answer.headers() {
+                    if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+                        response = response.header(name, value);
+                    }
+                }
+                let body = axum::body::Body::from(answer.bytes().await.unwrap());
+                response.body(body).unwrap()
+            }
+        };
+        let app = Router::new()
+            .route("/", get(|| async { axum::response::Html(PARENT) }))
+            .fallback(forward);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    }
+
+    /// The status page inside a same-origin iframe below the ingress
+    /// prefix, in headless Chromium: it renders (not blocked by its framing
+    /// headers), and "run now" triggers the job and comes back to the page
+    /// inside the prefix. Skipped without Chromium, except under `CI=true`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_page_runs_in_a_home_assistant_iframe_in_chromium() {
+        let Some(chromium) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+            .into_iter()
+            .map(std::path::Path::new)
+            .find(|p| p.exists())
+        else {
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "no chromium");
+            return;
+        };
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = DaemonSettings::new(dir.path());
+        settings.status_listen = Some("127.0.0.1:0".parse().unwrap());
+        settings.trusted_peers = vec!["127.0.0.2".parse().unwrap()];
+        let store = Arc::new(StatusStore::load(dir.path().to_owned()));
+        store.update("ha", Utc::now(), |_| {}).await;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let (run_tx, mut run_rx) = mpsc::channel(4);
+        let (server, addr) = start(&settings, &store, &clock, run_tx)
+            .await
+            .unwrap()
+            .unwrap();
+        let proxy = ingress_proxy(addr).await;
+        let profile = tempfile::tempdir().unwrap();
+        let output = tokio::process::Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(format!("http://{proxy}/"))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(90), output)
+            .await
+            .unwrap()
+            .unwrap();
+        server.stop().await;
+        let dom = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            dom.contains("framed: synback; after run now: /api/hassio_ingress/tok/ synback"),
+            "{dom}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(run_rx.try_recv().ok().as_deref(), Some("ha"));
     }
 }

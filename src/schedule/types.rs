@@ -1,6 +1,6 @@
 //! The small interfaces the daemon is written against.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -270,6 +270,9 @@ pub struct DaemonSettings {
     pub status_listen: Option<SocketAddr>,
     /// Allow `status_listen` on a non-loopback address.
     pub allow_remote: bool,
+    /// When not empty, the only non-loopback clients the status endpoint
+    /// serves (a reverse proxy); they may send any `Host`.
+    pub trusted_peers: Vec<IpAddr>,
     /// `/healthz` fails when a job's last success is older than this.
     pub healthy_within: Option<Duration>,
     /// How long running jobs get to stop after shutdown before they are aborted.
@@ -288,6 +291,7 @@ impl DaemonSettings {
             state_dir: state_dir.into(),
             status_listen: None,
             allow_remote: false,
+            trusted_peers: Vec::new(),
             healthy_within: None,
             shutdown_grace: Duration::from_secs(60),
             mqtt: None,

@@ -536,6 +536,35 @@ fn status_listen_is_loopback_unless_allowed() {
     invalid(&text, "daemon.log_format", "log_format", "\"json\"");
 }
 
+#[test]
+fn trusted_peers_are_ip_addresses() {
+    let daemon = "[daemon]\nstatus_listen = \"0.0.0.0:9105\"\nallow_remote = true\n";
+    let text = format!(
+        "{}\n{daemon}trusted_peers = [\"172.30.32.2\", \"fd00::1\"]\n",
+        with_job("")
+    );
+    let c = load(&text).unwrap();
+    assert_eq!(
+        c.daemon.trusted_peers,
+        [
+            "172.30.32.2".parse::<std::net::IpAddr>().unwrap(),
+            "fd00::1".parse().unwrap()
+        ]
+    );
+    let note = c
+        .notes
+        .iter()
+        .find(|n| n.field == "daemon.status_listen")
+        .unwrap();
+    assert!(note.message.contains("trusted_peers"), "{note}");
+    assert!(load(&with_job("")).unwrap().daemon.trusted_peers.is_empty());
+    let text = format!(
+        "{}\n{daemon}trusted_peers = [\"supervisor\"]\n",
+        with_job("")
+    );
+    invalid(&text, "daemon.trusted_peers", "supervisor", "172.30.32.2");
+}
+
 // ----- [[job]] ----------------------------------------------------------
 
 #[test]

@@ -278,6 +278,12 @@ fn the_home_assistant_options_become_a_valid_config() {
     assert_eq!(config.nas.password.expose(), "pa\"ss word");
     assert_eq!(config.nas.user, "backup");
     assert_eq!(config.state_dir, out.join("state"));
+    // Only the Supervisor's ingress proxy may reach the status page, not
+    // every container on the hassio network.
+    assert_eq!(
+        config.daemon.trusted_peers,
+        ["172.30.32.2".parse::<std::net::IpAddr>().unwrap()]
+    );
     let job = config.job("ha").unwrap();
     assert_eq!(
         job.sources,
@@ -401,6 +407,9 @@ fn every_add_on_option_has_a_schema_and_reaches_the_config() {
         assert!(config.contains(&format!("  - {folder}\n")), "map {folder}");
     }
     assert!(config.contains("ingress: true\ningress_port: 9105\n"));
+    // The Supervisor kills the add-on 10 s after SIGTERM unless told
+    // otherwise: too short for a run to clean up.
+    assert!(config.contains("\ntimeout: 120\n"), "add-on stop timeout");
     assert!(generator.contains("status_listen = \\\"0.0.0.0:9105\\\""));
 }
 
@@ -468,4 +477,185 @@ async fn the_restore_without_synback_commands_work() {
         .output()
         .unwrap();
     assert!(!damaged.status.success(), "{damaged:?}");
+}
+
+/// The age command of docs/RESTORE.md ("Encrypted, with the age secret
+/// key"), on an encrypted snapshot stored in several volumes and on one
+/// stored in a single volume (numbered `.001` all the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_encrypted_restore_without_synback_commands_work() {
+    if !(have("age") && have("zstd")) {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "age and zstd are needed in CI"
+        );
+        eprintln!("skipped: needs age and zstd");
+        return;
+    }
+    let doc = read("docs/RESTORE.md");
+    let command = r#"cat "$id".tar.zst.age.[0-9][0-9][0-9] | age -d -i key.txt | zstd -d | tar -x -C /srv/restore"#;
+    assert!(doc.contains(command));
+
+    let world = crate::support::World::new("").await;
+    let key = world.dir.path().join("key.txt");
+    let keygen = std::process::Command::new("age-keygen")
+        .arg("-o")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{keygen:?}");
+    let public = std::process::Command::new("age-keygen")
+        .arg("-y")
+        .arg(&key)
+        .output()
+        .unwrap();
+    let recipient = String::from_utf8(public.stdout).unwrap();
+    for volume_size in ["1MiB", "1GiB"] {
+        world.write_config(&format!(
+            "volume_size = \"{volume_size}\"\n[job.encryption]\nrecipients = [\"{}\"]\n",
+            recipient.trim()
+        ));
+        let report = world
+            .agent()
+            .backup("home", tokio_util::sync::CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(report.volumes.len() > 1, volume_size == "1MiB");
+        assert!(
+            report.volumes[0].name.ends_with(".tar.zst.age.001"),
+            "{report:?}"
+        );
+        let out = world.dir.path().join(format!("by-hand-{volume_size}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let script = format!(
+            "set -eu\nid={id}\n{command}\n",
+            id = report.snapshot,
+            command = command
+                .replace("key.txt", key.to_str().unwrap())
+                .replace("/srv/restore", out.to_str().unwrap()),
+        );
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .current_dir(world.job_dir())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{script}\n{output:?}");
+        let diffs = crate::support::tree_diff(&world.source, &out.join("data"), &|_| false);
+        assert!(diffs.is_empty(), "{volume_size}: {diffs:?}");
+    }
+}
+
+/// `cargo tree` on this workspace (no build, no target toolchain needed):
+/// the crate names it lists with `args`, `None` when cargo cannot answer
+/// (no network for a crate never downloaded; a failure under `CI=true`).
+fn cargo_tree(args: &[&str]) -> Option<BTreeSet<String>> {
+    let output = std::process::Command::new(env!("CARGO"))
+        .arg("tree")
+        .arg("--locked")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "cargo tree {args:?} failed: {stderr}"
+        );
+        eprintln!("skipped: cargo tree {args:?} failed: {stderr}");
+        return None;
+    }
+    let text = String::from_utf8(output.stdout).unwrap();
+    Some(
+        text.lines()
+            .filter_map(|line| {
+                line.trim_start_matches(|c: char| c.is_ascii_digit())
+                    .split(' ')
+                    .next()
+            })
+            .filter(|name| !name.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+/// The library-only build (examples/library-only, synback with
+/// `default-features = false`) pulls in none of the front ends: its
+/// features do not unify with the main package's.
+#[test]
+fn the_library_only_build_has_no_cli_daemon_or_emulator_dependencies() {
+    let Some(crates) = cargo_tree(&[
+        "-p",
+        "synback-library-only",
+        "-e",
+        "normal",
+        "--prefix",
+        "none",
+    ]) else {
+        return;
+    };
+    assert!(
+        crates.contains("synback") && crates.contains("reqwest"),
+        "{crates:?}"
+    );
+    for absent in [
+        "clap",
+        "indicatif",
+        "axum",
+        "rumqttc",
+        "tracing-subscriber",
+        "rcgen",
+        // tokio's "signal" feature: only the CLI and the daemon need it.
+        "signal-hook-registry",
+    ] {
+        assert!(
+            !crates.contains(absent),
+            "{absent} is in the library-only build"
+        );
+    }
+}
+
+/// docs/INSTALL.md (cross-compiling): on aarch64 and armv7 Linux only
+/// zstd-sys and ring compile C, for the binary that ships and for the
+/// library alone, so a cross C compiler is the only extra tool.
+#[test]
+fn cross_builds_compile_c_only_for_zstd_and_ring() {
+    let install = read("docs/INSTALL.md");
+    let expected: BTreeSet<String> = ["ring", "zstd-sys"].map(str::to_owned).into();
+    for target in ["aarch64-unknown-linux-gnu", "armv7-unknown-linux-gnueabihf"] {
+        assert!(
+            install.contains(target),
+            "INSTALL.md does not name {target}"
+        );
+        for build in [
+            &["--no-default-features", "--features", "cli,daemon"][..],
+            &["-p", "synback-library-only"][..],
+        ] {
+            let mut args = vec!["--target", target, "-e", "normal,build", "-i", "cc"];
+            args.extend(["--prefix", "depth", "--depth", "1"]);
+            args.extend(build);
+            let Some(crates) = cargo_tree(&args) else {
+                return;
+            };
+            let users: BTreeSet<String> = crates.into_iter().filter(|c| c != "cc").collect();
+            assert_eq!(users, expected, "{target} {build:?}: crates that build C");
+        }
+    }
+}
+
+/// Compose mounts a file secret with the host file's owner and mode, and
+/// the container runs as uid 10001 with no capabilities: the steps must
+/// hand the password file to that uid, or the daemon cannot read it.
+#[test]
+fn the_docker_steps_make_the_secret_readable_by_the_container_user() {
+    let dockerfile = read("deploy/docker/Dockerfile");
+    assert!(dockerfile.contains("--uid 10001") && dockerfile.contains("\nUSER synback"));
+    for file in ["docs/INSTALL.md", "deploy/docker/compose.yaml"] {
+        let text = read(file);
+        assert!(text.contains("chmod 600 nas-password"), "{file}");
+        assert!(text.contains("chown 10001 nas-password"), "{file}");
+    }
 }

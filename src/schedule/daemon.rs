@@ -358,6 +358,11 @@ impl Daemon {
 
     /// Starts a run of `name` unless one is going (then it is skipped).
     async fn start(&mut self, name: &str, trigger: &'static str) {
+        // A run that ended but whose task the main loop has not reaped yet
+        // (select! picks among ready branches at random) is not running.
+        while let Some(joined) = self.tasks.try_join_next_with_id() {
+            self.finished(joined).await;
+        }
         let now = self.now();
         let Some(scheduled) = self.jobs.get(name) else {
             tracing::warn!(job = name, trigger, "run requested for an unknown job");
@@ -413,13 +418,15 @@ impl Daemon {
             return;
         };
         self.running.remove(&name);
-        if let Err(error) = joined {
+        if let Err(error) = &joined {
             tracing::error!(job = %name, error = %error, "run task ended abnormally");
-            self.ctx
-                .store
-                .update(&name, self.now(), |job| job.running = false)
-                .await;
         }
+        // Only now, with its notifications sent and its task reaped, may a
+        // new run of the job start: the status says so from here on.
+        self.ctx
+            .store
+            .update(&name, self.now(), |job| job.running = false)
+            .await;
         if !self.jobs.contains_key(&name) {
             // Removed by a reload while it ran: drop its status entry again.
             let names: Vec<String> = self.jobs.keys().cloned().collect();
@@ -525,7 +532,7 @@ async fn run_job(
             return name;
         }
     };
-    let Ok(_permit) = permit else {
+    let Ok(permit) = permit else {
         return name;
     };
     let start = ctx.clock.now();
@@ -543,6 +550,8 @@ async fn run_job(
     ctx.store
         .update(&name, end, |job| job.record(&outcome, end))
         .await;
+    // Notifications do not touch the NAS: the next queued job may start.
+    drop(permit);
     ctx.notifier.finished(&name, &spec.notify, &outcome).await;
     name
 }

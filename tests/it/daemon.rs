@@ -452,34 +452,29 @@ fn random_faults(rng: &mut Rng, nas: &synback::emulator::Emulator) -> &'static s
     }
 }
 
-/// Asks for run number `run` of `job` and waits for it. The status file
-/// shows a run finished a moment before the daemon reaps its task, so a
-/// request in that moment is skipped ("still running"): ask again then.
+/// Asks for run number `run` of `job` once and waits for it. The previous
+/// run shows as finished only once the daemon can start the next, so the
+/// request is never skipped.
 async fn run_once(handle: &schedule::DaemonHandle, state: &Path, job: &str, run: u64) -> JobStatus {
     let current = || {
         read_status(state)
             .ok()
             .and_then(|s| s.jobs.get(job).cloned())
     };
+    let skipped = current().map_or(0, |j| j.skipped);
+    handle.run_now(job).await;
+    let start = Instant::now();
     loop {
-        let skipped = current().map_or(0, |j| j.skipped);
-        handle.run_now(job).await;
-        let start = Instant::now();
-        loop {
-            if let Some(status) = current() {
-                if status.runs >= run && !status.running {
-                    return status;
-                }
-                if status.skipped > skipped {
-                    break;
-                }
+        if let Some(status) = current() {
+            assert_eq!(status.skipped, skipped, "{job} run {run} was skipped");
+            if status.runs >= run && !status.running {
+                return status;
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "{job} run {run} never finished"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{job} run {run} never finished"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

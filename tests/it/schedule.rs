@@ -803,6 +803,51 @@ async fn healthchecks_and_webhook_are_notified() {
     assert_eq!(bad["error"], "attempt 0 failed");
 }
 
+/// A local server that answers every request after `delay`, counting them.
+async fn slow_server(delay: Duration) -> (String, Arc<AtomicUsize>, JoinHandle<()>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    let app = axum::Router::new().fallback(move || {
+        let seen = Arc::clone(&seen);
+        async move {
+            tokio::time::sleep(delay).await;
+            seen.fetch_add(1, Ordering::SeqCst);
+            "OK"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (url, count, server)
+}
+
+#[tokio::test]
+async fn run_now_after_the_status_says_not_running_is_never_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, requests, server) = slow_server(Duration::from_millis(700)).await;
+    let runner = FakeRunner::new(real_clock(), |_, _| Step::Ok(Duration::ZERO));
+    let mut spec = job("slowhook", "0 0 0 1 1 *");
+    spec.notify.webhook_url = Some(Secret::new(format!("{url}/hook")));
+    spec.notify.healthchecks_url = Some(Secret::new(format!("{url}/ping")));
+    let daemon = start(settings(dir.path()), vec![spec], &runner, real_clock());
+    for run in 1..=3 {
+        daemon.handle.run_now("slowhook").await;
+        let status = wait_runs(dir.path(), "slowhook", run).await;
+        assert_eq!(status.runs, run);
+        assert_eq!(status.skipped, 0, "run {run} was skipped as still running");
+        // Not running means its notifications went out: /start, ping, hook.
+        assert_eq!(
+            requests.load(Ordering::SeqCst),
+            3 * usize::try_from(run).unwrap()
+        );
+    }
+    daemon.stop().await.unwrap();
+    server.abort();
+    assert_eq!(runner.calls().len(), 3);
+}
+
 #[tokio::test]
 async fn an_unreachable_notifier_never_fails_the_run() {
     let dir = tempfile::tempdir().unwrap();

@@ -446,6 +446,24 @@ impl Agent {
         Ok(result?)
     }
 
+    /// Cleans up after a backup of `job` whose future was dropped (the
+    /// daemon abandons a run that outlives its shutdown grace period): when
+    /// the job's lock is held by this process, deletes every partial upload
+    /// and archive without a manifest, then the lock. A lock of another
+    /// process (or none) leaves the folder untouched. Returns how many files
+    /// were deleted, the lock not counted.
+    ///
+    /// # Errors
+    /// Connection and storage errors.
+    pub async fn clean_up_abandoned(&self, job: &str) -> Result<usize, Error> {
+        let job = self.job(job)?;
+        let name = JobName::new(&job.name)?;
+        let (client, target) = self.target(job).await?;
+        let result = clean_up_abandoned(target.as_ref(), &name).await;
+        logout(&client).await;
+        result
+    }
+
     /// Lists the job folder: complete snapshots, orphans, partials, lock.
     ///
     /// # Errors
@@ -687,6 +705,35 @@ pub fn backup_options(job: &JobConfig) -> Result<BackupOptions, Error> {
         chrono::TimeDelta::from_std(job.lock_stale_after).unwrap_or(chrono::TimeDelta::hours(6)),
     );
     Ok(opts)
+}
+
+/// See [`Agent::clean_up_abandoned`].
+async fn clean_up_abandoned(target: &dyn Target, job: &JobName) -> Result<usize, Error> {
+    use crate::repo::target::TargetExt as _;
+    let holder = crate::repo::lock::Lock::holder(target)
+        .await
+        .map_err(backup::Error::from)?;
+    let ours = holder.is_some_and(|h| {
+        h.pid == std::process::id() && h.host == crate::repo::lock::local_hostname()
+    });
+    if !ours {
+        return Ok(0);
+    }
+    let listing = list_folder(target, job).await?;
+    let names: Vec<String> = listing
+        .partials
+        .iter()
+        .map(|p| p.entry.name.clone())
+        .chain(
+            listing
+                .orphans
+                .iter()
+                .flat_map(SnapshotFiles::deletion_order),
+        )
+        .collect();
+    let deleted = crate::repo::listing::delete_ours(target, job, &names).await?;
+    target.delete_if_exists(layout::LOCK_NAME).await?;
+    Ok(deleted)
 }
 
 async fn list_folder(target: &dyn Target, job: &JobName) -> Result<Listing, Error> {

@@ -99,6 +99,23 @@ impl JobRunner for AgentRunner {
             outcome.with_duration(started.elapsed())
         })
     }
+
+    fn clean_up_abandoned(&self, job: &str) -> BoxFuture<'static, Result<(), String>> {
+        let agent = self.current();
+        let job = job.to_owned();
+        Box::pin(async move {
+            let Some(agent) = agent else {
+                return Err("internal error: the agent lock is poisoned".to_owned());
+            };
+            match agent.clean_up_abandoned(&job).await {
+                Ok(deleted) => {
+                    tracing::info!(job, deleted, "abandoned run cleaned up");
+                    Ok(())
+                }
+                Err(err) => Err(crate::error_chain(&err)),
+            }
+        })
+    }
 }
 
 /// Waits until the UTC second differs from the one `job`'s last run ended

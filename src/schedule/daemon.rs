@@ -25,6 +25,16 @@ use super::{
 /// noticed).
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 
+/// How long the cleanup of a run abandoned at shutdown may take.
+const ABANDON_CLEANUP: Duration = Duration::from_secs(15);
+
+/// How long reporting a run abandoned at shutdown may take (its
+/// `on_failure` hook and notifications).
+const ABANDON_REPORT: Duration = Duration::from_secs(15);
+
+/// Why a run abandoned at shutdown failed.
+const ABANDONED: &str = "abandoned at shutdown: the run outlived the grace period";
+
 /// A new configuration for a running daemon.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -219,6 +229,9 @@ struct RunContext {
     notifier: Notifier,
     store: Arc<StatusStore>,
     retry: RetryPolicy,
+    /// Jobs between the start of their `before` hook and the end of their
+    /// last hook: the runs to clean up and report when aborted.
+    in_flight: Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
 struct Daemon {
@@ -247,6 +260,7 @@ impl Daemon {
             notifier,
             store,
             retry: settings.retry,
+            in_flight: Arc::default(),
         });
         Self {
             semaphore: Arc::new(Semaphore::new(settings.max_parallel.max(1))),
@@ -451,6 +465,7 @@ impl Daemon {
             notifier: self.ctx.notifier.clone(),
             store: Arc::clone(&self.ctx.store),
             retry: reload.settings.retry,
+            in_flight: Arc::clone(&self.ctx.in_flight),
         });
         self.settings = reload.settings;
         self.set_jobs(reload.jobs).await;
@@ -481,6 +496,21 @@ impl Daemon {
             while let Some(joined) = self.tasks.join_next_with_id().await {
                 self.finished(joined).await;
             }
+            let left: Vec<String> = std::mem::take(
+                &mut *self
+                    .ctx
+                    .in_flight
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            )
+            .into_iter()
+            .collect();
+            let reports = left.into_iter().map(|name| {
+                let spec = self.jobs.get(&name).map(|s| Arc::clone(&s.spec));
+                let span = tracing::info_span!("run", job = %name, trigger = "shutdown");
+                abandoned(Arc::clone(&self.ctx), spec, name).instrument(span)
+            });
+            futures_util::future::join_all(reports).await;
         }
     }
 }
@@ -541,7 +571,9 @@ async fn run_job(
         .update(&name, start, |job| job.last_start = Some(start))
         .await;
     ctx.notifier.started(&name, &spec.notify).await;
+    set_in_flight(&ctx, &name, true);
     let outcome = run_with_hooks(&ctx, &spec, &cancel).await;
+    set_in_flight(&ctx, &name, false);
     if let Some(snapshot) = &outcome.snapshot {
         tracing::Span::current().record("snapshot", snapshot.as_str());
     }
@@ -554,6 +586,48 @@ async fn run_job(
     drop(permit);
     ctx.notifier.finished(&name, &spec.notify, &outcome).await;
     name
+}
+
+fn set_in_flight(ctx: &RunContext, job: &str, on: bool) {
+    let mut set = ctx
+        .in_flight
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match on {
+        true => set.insert(job.to_owned()),
+        false => set.remove(job),
+    };
+}
+
+/// After a run of `name` was aborted at shutdown: lets the runner clean up
+/// what it left, then records and reports the run as failed.
+async fn abandoned(ctx: Arc<RunContext>, spec: Option<Arc<JobSpec>>, name: String) {
+    tracing::warn!("run abandoned at the end of the grace period; cleaning up");
+    match tokio::time::timeout(ABANDON_CLEANUP, ctx.runner.clean_up_abandoned(&name)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(error, "could not clean up the abandoned run"),
+        Err(_) => tracing::warn!(
+            timeout_s = ABANDON_CLEANUP.as_secs(),
+            "cleaning up the abandoned run timed out"
+        ),
+    }
+    let end = ctx.clock.now();
+    let mut outcome = RunOutcome::failed(ABANDONED, false);
+    if let Some(start) = ctx.store.job(&name).last_start {
+        outcome = outcome.with_duration((end - start).to_std().unwrap_or_default());
+    }
+    log_outcome(&outcome);
+    ctx.store
+        .update(&name, end, |job| job.record(&outcome, end))
+        .await;
+    let Some(spec) = spec else { return };
+    let report = async {
+        after_hooks(&spec, &outcome).await;
+        ctx.notifier.finished(&name, &spec.notify, &outcome).await;
+    };
+    if tokio::time::timeout(ABANDON_REPORT, report).await.is_err() {
+        tracing::warn!("reporting the abandoned run timed out");
+    }
 }
 
 fn log_outcome(outcome: &RunOutcome) {

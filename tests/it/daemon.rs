@@ -247,6 +247,144 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Waits until an upload of more than 64 KiB is under way in `job_dir`.
+async fn wait_upload(child: &mut Child, stderr: &Path, job_dir: &Path) {
+    let started = Instant::now();
+    loop {
+        let uploading = files_under(job_dir).iter().any(|p| {
+            p.to_string_lossy().contains("@synoupload-")
+                && std::fs::metadata(job_dir.join(p)).is_ok_and(|m| m.len() > 64 * 1024)
+        });
+        if uploading {
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "daemon exited early ({status}): {}",
+                std::fs::read_to_string(stderr).unwrap()
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no upload started: {}",
+            std::fs::read_to_string(stderr).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Asserts that `job_dir` holds no partial, lock, upload temp file or
+/// manifest.
+fn assert_nothing_left(job_dir: &Path, log: &str) {
+    let left = files_under(job_dir);
+    assert!(
+        left.iter().all(|p| {
+            let name = p.to_string_lossy();
+            !name.ends_with(".partial") && !name.ends_with(".lock") && !name.contains("@synoupload")
+        }),
+        "left on the NAS: {left:?}\n{log}"
+    );
+    assert!(
+        !left
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(".manifest.json")),
+        "a cancelled run must not commit a snapshot: {left:?}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_past_the_grace_period_abandons_the_upload_cleans_up_and_reports() {
+    let (url, seen, server) = recorder().await;
+    let world = World::new(&format!(
+        "schedule = \"0 0 1 1 *\"\n[job.notify]\nwebhook = \"{url}/hook\"\n\
+         [daemon]\ncatch_up = true\nshutdown_grace = \"1s\"\n"
+    ))
+    .await;
+    // 8 MiB that zstd cannot shrink, sent at 256 KiB/s: about 32 s of
+    // upload, far past the 1 s grace period (and more than the socket
+    // buffers can hold, so the NAS never gets the whole body).
+    let mut noise = vec![0u8; 8 << 20];
+    rand::fill(&mut noise[..]);
+    std::fs::write(world.source.join("noise.bin"), noise).unwrap();
+    world
+        .nas
+        .faults()
+        .update(|f| f.slow_kib_per_sec = Some(256));
+    let stderr = world.dir.path().join("daemon.log");
+    let mut child = spawn_daemon(&world.config_path, &stderr);
+    let job_dir = world.job_dir();
+    wait_upload(&mut child, &stderr, &job_dir).await;
+    let term_at = world.nas.request_log().len();
+    signal(&child, "-TERM");
+    let sent = Instant::now();
+    let status = wait_exit(&mut child, Duration::from_secs(40)).await;
+    let took = sent.elapsed();
+    let log = std::fs::read_to_string(&stderr).unwrap();
+    eprintln!("daemon stopped {took:?} after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{log}");
+    // Well before the upload could have finished.
+    assert!(took < Duration::from_secs(10), "{took:?}\n{log}");
+    assert!(log.contains("abandoned"), "{log}");
+
+    // The daemon removed its lock (and any partial) before it exited.
+    let left = files_under(&job_dir);
+    assert!(
+        left.iter().all(|p| {
+            let name = p.to_string_lossy();
+            !name.ends_with(".partial") && !name.ends_with(".lock")
+        }),
+        "left on the NAS: {left:?}\n{log}"
+    );
+    // The NAS drops its temporary file of the broken upload once it has
+    // read what was still buffered of the body (slowly: it reads at
+    // 256 KiB/s); the upload must not complete.
+    let gone = Instant::now();
+    while files_under(&job_dir)
+        .iter()
+        .any(|p| p.to_string_lossy().contains("@synoupload"))
+    {
+        assert!(
+            gone.elapsed() < Duration::from_secs(60),
+            "{:?}",
+            files_under(&job_dir)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("upload temp file gone {:?} after the exit", gone.elapsed());
+    assert_nothing_left(&job_dir, &log);
+    let after: Vec<_> = world.nas.request_log().into_iter().skip(term_at).collect();
+    assert!(
+        after
+            .iter()
+            .any(|r| r.api.as_deref() == Some("SYNO.API.Auth")
+                && r.method.as_deref() == Some("logout")),
+        "no logout after SIGTERM: {after:?}"
+    );
+    let status = read_status(&world.config().state_dir).unwrap();
+    let home = &status.jobs["home"];
+    assert!(!home.running);
+    assert_eq!(
+        home.last_status,
+        Some(schedule::RunStatus::Failed),
+        "{home:?}"
+    );
+    assert!(
+        home.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("abandoned")),
+        "{home:?}"
+    );
+    // The failure was reported.
+    let hooks = wait_requests(&seen, 1).await;
+    server.abort();
+    let body: serde_json::Value = serde_json::from_str(&hooks[0].body).unwrap();
+    assert_eq!(body["status"], "failed", "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("abandoned"),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn sigterm_during_an_upload_leaves_no_partial_no_lock_and_logs_out() {
     let world = World::new("schedule = \"0 0 1 1 *\"\n[daemon]\ncatch_up = true\n").await;
@@ -264,28 +402,7 @@ async fn sigterm_during_an_upload_leaves_no_partial_no_lock_and_logs_out() {
     // catch_up starts the never-run job at once; wait for its upload to be
     // under way on the NAS.
     let job_dir = world.job_dir();
-    let started = Instant::now();
-    loop {
-        let uploading = files_under(&job_dir).iter().any(|p| {
-            p.to_string_lossy().contains("@synoupload-")
-                && std::fs::metadata(job_dir.join(p)).is_ok_and(|m| m.len() > 64 * 1024)
-        });
-        if uploading {
-            break;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "daemon exited early ({status}): {}",
-                std::fs::read_to_string(&stderr).unwrap()
-            );
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no upload started: {}",
-            std::fs::read_to_string(&stderr).unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_upload(&mut child, &stderr, &job_dir).await;
     let term_at = world.nas.request_log().len();
     signal(&child, "-TERM");
     let sent = Instant::now();
@@ -297,20 +414,7 @@ async fn sigterm_during_an_upload_leaves_no_partial_no_lock_and_logs_out() {
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(took < Duration::from_secs(20), "{took:?}");
 
-    let left = files_under(&job_dir);
-    assert!(
-        left.iter().all(|p| {
-            let name = p.to_string_lossy();
-            !name.ends_with(".partial") && !name.ends_with(".lock") && !name.contains("@synoupload")
-        }),
-        "left on the NAS: {left:?}\n{log}"
-    );
-    assert!(
-        !left
-            .iter()
-            .any(|p| p.to_string_lossy().ends_with(".manifest.json")),
-        "a cancelled run must not commit a snapshot: {left:?}"
-    );
+    assert_nothing_left(&job_dir, &log);
     let after: Vec<_> = world.nas.request_log().into_iter().skip(term_at).collect();
     assert!(
         after

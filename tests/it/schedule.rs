@@ -60,6 +60,8 @@ struct FakeRunner {
     active_total: AtomicUsize,
     max_active_total: AtomicUsize,
     cleaned_up: AtomicUsize,
+    /// Jobs the daemon asked to clean up after abandoning them.
+    abandoned: Mutex<Vec<String>>,
 }
 
 impl FakeRunner {
@@ -76,6 +78,7 @@ impl FakeRunner {
             active_total: AtomicUsize::new(0),
             max_active_total: AtomicUsize::new(0),
             cleaned_up: AtomicUsize::new(0),
+            abandoned: Mutex::new(Vec::new()),
         })
     }
 
@@ -138,6 +141,11 @@ impl JobRunner for Shared {
             this.leave(&job);
             outcome
         })
+    }
+
+    fn clean_up_abandoned(&self, job: &str) -> BoxFuture<'static, Result<(), String>> {
+        self.0.abandoned.lock().unwrap().push(job.to_owned());
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -491,7 +499,18 @@ async fn shutdown_aborts_jobs_that_outlive_the_grace_period() {
         "{waited:?}"
     );
     assert_eq!(runner.cleaned_up.load(Ordering::SeqCst), 0);
-    assert!(!read_status(dir.path()).unwrap().jobs["stuck"].running);
+    assert_eq!(*runner.abandoned.lock().unwrap(), ["stuck"]);
+    let stuck = &read_status(dir.path()).unwrap().jobs["stuck"];
+    assert!(!stuck.running);
+    assert_eq!(stuck.last_status, Some(RunStatus::Failed));
+    assert_eq!(stuck.failures, 1);
+    assert!(
+        stuck
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("abandoned at shutdown")),
+        "{stuck:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -661,7 +661,9 @@ async fn drive(
 /// 200 runs of eight jobs (25 each, all at once; a job's runs are at least
 /// a second apart, see `AgentRunner`) through the daemon's run
 /// path (`run_now`, retries, status, notifications) with `AgentRunner`
-/// against the emulator, a random fault before each run from a fixed seed.
+/// against the emulator, a random fault before each run from a fixed seed,
+/// while a ninth job runs every 3 s on its own schedule. What is left on
+/// the NAS is checked before any clean run (which would remove it).
 /// Run by the test above in its own process.
 #[tokio::test]
 #[ignore = "run in a child process by soak_200_runs_against_the_emulator_with_random_faults"]
@@ -669,6 +671,7 @@ async fn soak_body() {
     const PER_JOB: u64 = 25;
     const WARM_UP: u64 = 8;
     const JOBS: [&str; 8] = ["home", "j1", "j2", "j3", "j4", "j5", "j6", "j7"];
+    const CRON: &str = "cron";
     let (url, seen, server) = recorder().await;
     // The default stale_after (6 h): a lock left by a run whose release
     // failed must be taken over by the next run of the same process.
@@ -680,7 +683,13 @@ async fn soak_body() {
              path = \"pc\"\nschedule = \"0 0 1 1 *\"\n{job_tables}"
         );
     }
-    extra += "[notify]\nwebhook = \"URL/hook\"\n[daemon]\ncatch_up = false\nmax_parallel = 8\n";
+    // One more job runs on its own schedule (every 3 s, the 6-field form),
+    // so the daemon's cron path also runs against the faulty NAS.
+    extra += &format!(
+        "[[job]]\nname = \"{CRON}\"\nsources = [\"SOURCE\"]\nshare = \"backup\"\n\
+         path = \"pc\"\nschedule = \"*/3 * * * * *\"\n{job_tables}"
+    );
+    extra += "[notify]\nwebhook = \"URL/hook\"\n[daemon]\ncatch_up = false\nmax_parallel = 9\n";
     let world = World::new(&extra).await;
     // A small tree keeps 200 runs quick.
     std::fs::remove_file(world.source.join("noise.bin")).unwrap();
@@ -699,7 +708,7 @@ async fn soak_body() {
     let config = world.config();
     let state = config.state_dir.clone();
     let (settings, jobs) = plan(&config);
-    assert_eq!(jobs.len(), JOBS.len());
+    assert_eq!(jobs.len(), JOBS.len() + 1);
     let runner = AgentRunner::new(Agent::new(config));
     let (control, handle) = DaemonControl::new();
     let daemon = tokio::spawn(schedule::run(
@@ -736,6 +745,37 @@ async fn soak_body() {
     world.nas.faults().clear();
     let status = read_status(&state).unwrap();
 
+    // Before any clean run (each run starts by removing what interrupted
+    // runs left): whatever is left over on the NAS belongs to failures that
+    // were reported, at most one snapshot id per reported failure.
+    let agent = world.agent();
+    for job in JOBS {
+        let listing = agent.snapshots(job).await.unwrap();
+        let ids: std::collections::BTreeSet<String> = listing
+            .partials
+            .iter()
+            .map(|p| p.id.to_string())
+            .chain(listing.orphans.iter().map(|o| o.id.to_string()))
+            .collect();
+        let s = &status.jobs[job];
+        eprintln!(
+            "soak: {job} on the NAS after its faulted runs: {} snapshots, {} leftover ids, lock {}; {} failures",
+            listing.snapshots.len(),
+            ids.len(),
+            listing.lock.is_some(),
+            s.failures
+        );
+        assert!(
+            (ids.len() as u64) <= s.failures,
+            "{job}: leftovers {ids:?} but {} reported failures",
+            s.failures
+        );
+        if s.last_status == Some(schedule::RunStatus::Ok) {
+            let last = s.last_snapshot.as_deref().unwrap();
+            assert!(!ids.contains(last), "{job}: a successful run left {last}");
+        }
+    }
+
     // A final clean run of each (in a new second, so that its snapshot id
     // is new), then nothing may be left over on the NAS.
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -745,12 +785,32 @@ async fn soak_body() {
     }
     handle.shutdown();
     daemon.await.unwrap().unwrap();
+    let cron = read_status(&state).unwrap().jobs[CRON].clone();
     let hooks = wait_requests(
         &seen,
-        usize::try_from(JOBS.len() as u64 * (PER_JOB + 1)).unwrap(),
+        usize::try_from(JOBS.len() as u64 * (PER_JOB + 1) + cron.runs).unwrap(),
     )
     .await;
     server.abort();
+    let cron_hooks = hooks
+        .iter()
+        .filter(|h| h.body.contains("\"job\":\"cron\""))
+        .count();
+    let hooks: Vec<_> = hooks
+        .into_iter()
+        .filter(|h| !h.body.contains("\"job\":\"cron\""))
+        .collect();
+    eprintln!(
+        "soak: {CRON} (every 3 s) ran {} times by its schedule, {} failed, {} fire times skipped",
+        cron.runs, cron.failures, cron.skipped
+    );
+    // Every scheduled run of the cron job was reported.
+    assert!(
+        cron.runs >= elapsed.as_secs() / 3 / 2,
+        "{cron:?} in {elapsed:?}"
+    );
+    assert_eq!(cron_hooks as u64, cron.runs, "{cron:?}");
+    assert!(!cron.running);
 
     let tally = tally.into_inner().unwrap();
     // The two cause rows count failures already counted under their fault.
@@ -812,7 +872,6 @@ async fn soak_body() {
     assert_eq!(total_failed, failures);
     assert!(failures > 0 && failures < runs, "{tally:?}");
     // Nothing leaked on the NAS.
-    let agent = world.agent();
     for job in JOBS {
         let listing = agent.snapshots(job).await.unwrap();
         eprintln!(
@@ -827,6 +886,13 @@ async fn soak_body() {
         assert!(listing.lock.is_none(), "{job}");
         assert_eq!(listing.snapshots.len(), 3, "{job}: keep_last = 3");
     }
+    let listing = agent.snapshots(CRON).await.unwrap();
+    let leftovers = listing.partials.len() + listing.orphans.len();
+    assert!(
+        leftovers as u64 <= cron.failures,
+        "{CRON}: {leftovers} leftovers, {} failures",
+        cron.failures
+    );
     let temp: Vec<_> = files_under(&world.nas.share_path("backup"))
         .into_iter()
         .filter(|p| p.to_string_lossy().contains("@synoupload"))
@@ -839,6 +905,13 @@ async fn soak_body() {
         end.0 <= warm.0 + 24 * 1024,
         "VmRSS grew from {} kB to {} kB",
         warm.0,
+        end.0
+    );
+    // The last 72 runs: a leak of 150 KiB per run (less than one upload
+    // chunk in flight) would show.
+    assert!(
+        end.0 <= middle + 10 * 1024,
+        "VmRSS grew from {middle} kB to {} kB over the last runs",
         end.0
     );
     // A few sockets (HTTP keep-alive on both ends, in this process) may be

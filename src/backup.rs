@@ -240,7 +240,7 @@ impl Error {
 /// Cancel through `cancel`, not by dropping the future: cancellation stops
 /// reading and uploading at the next chunk, removes partials and releases
 /// the lock before returning [`Error::Cancelled`].
-#[instrument(skip_all, fields(job = %opts.job))]
+#[instrument(skip_all, fields(job = %opts.job, snapshot = tracing::field::Empty))]
 pub async fn run(
     target: Arc<dyn Target>,
     opts: &BackupOptions,
@@ -252,6 +252,7 @@ pub async fn run(
     events.event(Event::Phase(Phase::Connecting));
     target.ensure_folder().await?;
     let (id, now) = fresh_id(target.as_ref(), &opts.job, now).await?;
+    tracing::Span::current().record("snapshot", tracing::field::display(&id));
     let info = LockInfo::for_this_process(now).with_snapshot(&id);
     let lock = Lock::acquire(target.as_ref(), info, &opts.lock, now).await?;
     info!(snapshot = %id, "lock taken");

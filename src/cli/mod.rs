@@ -27,9 +27,10 @@ struct Cli {
     /// Config file [default: $SYNBACK_CONFIG, else /etc/synback/config.toml].
     #[arg(long, short = 'c', global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Log format: human, or json (one object per line, for journald/Docker).
-    #[arg(long, global = true, value_name = "FORMAT", default_value = "human")]
-    log_format: LogFormat,
+    /// Log format: human, or json (one object per line, for journald/Docker)
+    /// [default: `[daemon] log_format` for `synback daemon`, else human].
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
     /// More log output (-v: debug, -vv: trace).
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -92,7 +93,10 @@ pub use synback::agent::exit;
 /// Parses the command line, runs the command and returns its exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli);
+    let format = cli
+        .log_format
+        .unwrap_or_else(|| configured_log_format(&cli));
+    init_logging(&cli, format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -129,8 +133,22 @@ async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// The daemon's `[daemon] log_format`, human for other commands or when
+/// the config cannot be read (the command then reports why).
+fn configured_log_format(cli: &Cli) -> LogFormat {
+    #[cfg(feature = "daemon")]
+    if matches!(cli.command, Command::Daemon(_))
+        && let Ok(config) = commands::ConfigArg(cli.config.clone()).load_quiet()
+        && config.daemon.log_format == synback::config::LogFormat::Json
+    {
+        return LogFormat::Json;
+    }
+    let _ = cli;
+    LogFormat::Human
+}
+
 /// Human logs on stderr by default (warnings and up unless -v), JSON when asked.
-fn init_logging(cli: &Cli) {
+fn init_logging(cli: &Cli, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
@@ -142,7 +160,7 @@ fn init_logging(cli: &Cli) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = match cli.log_format {
+    let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Human => builder
             .with_ansi(std::io::stderr().is_terminal())

@@ -433,6 +433,49 @@ async fn sigterm_during_an_upload_leaves_no_partial_no_lock_and_logs_out() {
     );
 }
 
+#[tokio::test]
+async fn daemon_log_format_json_from_the_config_puts_job_and_snapshot_in_the_run_span() {
+    let world =
+        World::new("schedule = \"0 0 1 1 *\"\n[daemon]\ncatch_up = true\nlog_format = \"json\"\n")
+            .await;
+    let stderr = world.dir.path().join("daemon.log");
+    let mut child = spawn_daemon(&world.config_path, &stderr);
+    let state = world.config().state_dir;
+    let started = Instant::now();
+    while !read_status(&state).is_ok_and(|s| s.jobs.get("home").is_some_and(|j| j.runs >= 1)) {
+        assert!(started.elapsed() < Duration::from_secs(60), "no run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal(&child, "-TERM");
+    wait_exit(&mut child, Duration::from_secs(30)).await;
+    let log = std::fs::read_to_string(&stderr).unwrap();
+    let status = read_status(&state).unwrap();
+    let snapshot = status.jobs["home"].last_snapshot.clone().unwrap();
+    // Every log line is a JSON object (the config notes before logging
+    // starts are plain text and say "note:").
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.starts_with("note:"))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    // Each event of the backup, from the lock on, is inside a span that
+    // names the job and the snapshot.
+    let stored: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["fields"]["message"] == "volume stored and verified")
+        .collect();
+    assert!(!stored.is_empty(), "{log}");
+    for event in stored {
+        let spans = event["spans"].as_array().unwrap();
+        assert!(
+            spans
+                .iter()
+                .any(|s| s["job"] == "home" && s["snapshot"] == snapshot.as_str()),
+            "{event}"
+        );
+    }
+}
+
 /// True when the status file lists exactly `names` (sorted).
 fn has_jobs(state: &Path, names: &[&str]) -> bool {
     read_status(state).is_ok_and(|s| s.jobs.keys().map(String::as_str).eq(names.iter().copied()))

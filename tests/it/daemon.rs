@@ -476,6 +476,40 @@ async fn daemon_log_format_json_from_the_config_puts_job_and_snapshot_in_the_run
     }
 }
 
+#[tokio::test]
+async fn retry_bounds_whole_runs_and_requests_are_not_retried_as_often_again() {
+    let world = World::new("schedule = \"0 0 1 1 *\"\n[daemon]\ncatch_up = false\n").await;
+    // max_attempts = 6 from the test config: six runs at most.
+    let config = world.config();
+    assert_eq!(config.retry.max_attempts, 6);
+    let state = config.state_dir.clone();
+    let (settings, jobs) = plan(&config);
+    let runner = AgentRunner::from_config(config);
+    // A NAS behind a proxy that answers every request with 502.
+    world.nas.faults().update(|f| f.http_502_every = Some(1));
+    let (control, handle) = DaemonControl::new();
+    let daemon = tokio::spawn(schedule::run(
+        settings,
+        jobs,
+        Arc::new(runner),
+        Arc::new(SystemClock),
+        control,
+    ));
+    let status = run_once(&handle, &state, "home", 1).await;
+    handle.shutdown();
+    daemon.await.unwrap().unwrap();
+    assert_eq!(status.last_status, Some(schedule::RunStatus::Failed));
+    let requests = world.nas.request_log().len();
+    // Six runs, each request of which is tried three times at most: not
+    // six times six.
+    let most = 6 * (synback::daemon::REQUEST_RETRIES as usize + 1);
+    eprintln!("{requests} requests for one scheduled run against a NAS answering 502");
+    assert!(
+        (6..=most).contains(&requests),
+        "{requests} requests, expected 6..={most}"
+    );
+}
+
 /// True when the status file lists exactly `names` (sorted).
 fn has_jobs(state: &Path, names: &[&str]) -> bool {
     read_status(state).is_ok_and(|s| s.jobs.keys().map(String::as_str).eq(names.iter().copied()))

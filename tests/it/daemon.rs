@@ -510,6 +510,79 @@ async fn retry_bounds_whole_runs_and_requests_are_not_retried_as_often_again() {
     );
 }
 
+/// `synback status` (and `--json`) on `config`: exit code, stdout and
+/// stderr.
+fn synback_status(config: &Path, json: bool) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_synback"));
+    cmd.arg("--config").arg(config).arg("status");
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.env_remove("SYNBACK_CONFIG").output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn synback_status_prints_each_jobs_last_and_next_run_from_the_status_file() {
+    let world = World::new("schedule = \"0 0 1 1 *\"\n").await;
+    let state = world.config().state_dir;
+    let (code, out, err) = synback_status(&world.config_path, false);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("no jobs have run yet"), "{out}");
+
+    let at = |s: &str| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let mut status = schedule::StatusFile::default();
+    status.version = 1;
+    let mut home = JobStatus::default();
+    home.record(
+        &schedule::RunOutcome::ok("home-20260101T020000Z", 10, 5),
+        at("2026-01-01T02:00:09Z"),
+    );
+    home.last_start = Some(at("2026-01-01T02:00:00Z"));
+    home.record(
+        &schedule::RunOutcome::failed("NAS unreachable: connection refused", true),
+        at("2026-01-02T02:00:03Z"),
+    );
+    home.next_run = Some(at("2099-01-03T02:00:00Z"));
+    status.jobs.insert("home".into(), home);
+    status.jobs.insert("etc".into(), JobStatus::default());
+    schedule::status::write_status(&state, &status).unwrap();
+
+    let (code, out, err) = synback_status(&world.config_path, false);
+    assert_eq!(code, Some(0), "{out}{err}");
+    for expected in [
+        "home: failed",
+        "last run:      2026-01-01 02:00:00 UTC (",
+        "last success:  2026-01-01 02:00:09 UTC (",
+        "next run:      2099-01-03 02:00:00 UTC (in ",
+        "last snapshot: home-20260101T020000Z",
+        "last error:    NAS unreachable: connection refused",
+        "runs: 2, failures: 1, skipped: 0, stored: 5 bytes",
+        "etc: never run",
+    ] {
+        assert!(out.contains(expected), "{expected:?} missing in:\n{out}");
+    }
+
+    let (code, out, err) = synback_status(&world.config_path, true);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let parsed: schedule::StatusFile = serde_json::from_str(&out).unwrap();
+    assert_eq!(parsed, status);
+
+    // A corrupt status file is an error that names it.
+    std::fs::write(state.join("status.json"), "{not json").unwrap();
+    let (code, out, err) = synback_status(&world.config_path, false);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("status.json"), "{err}");
+}
+
 /// True when the status file lists exactly `names` (sorted).
 fn has_jobs(state: &Path, names: &[&str]) -> bool {
     read_status(state).is_ok_and(|s| s.jobs.keys().map(String::as_str).eq(names.iter().copied()))

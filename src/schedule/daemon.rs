@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::hooks::{HookKind, hook_env, run_hook};
+use super::hooks::{HookKind, hook_env, run_hook, run_hook_until};
 use super::notify::Notifier;
 use super::status::StatusStore;
 use super::{
@@ -657,8 +657,15 @@ async fn run_with_hooks(
     let hooks = &spec.hooks;
     if let Some(before) = &hooks.before {
         let env = hook_env(&spec.name, None);
-        if let Err(error) =
-            run_hook(HookKind::Before, &spec.name, before, &env, hooks.timeout).await
+        if let Err(error) = run_hook_until(
+            HookKind::Before,
+            &spec.name,
+            before,
+            &env,
+            hooks.timeout,
+            cancel,
+        )
+        .await
         {
             let outcome = RunOutcome::failed(error.to_string(), false);
             after_hooks(spec, &outcome).await;

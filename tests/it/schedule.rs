@@ -733,6 +733,72 @@ fn a_corrupt_status_file_is_an_error_with_its_path() {
     assert!(err.to_string().contains("status.json"));
 }
 
+/// True while process `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|s| !s.trim_start().starts_with('Z'))
+    })
+}
+
+#[tokio::test]
+async fn shutdown_kills_a_running_before_hook_with_its_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("child.pid");
+    let runner = FakeRunner::new(real_clock(), |_, _| Step::Ok(Duration::ZERO));
+    let mut spec = job("hooked", "0 0 0 1 1 *");
+    // A slow before hook that started a command of its own.
+    spec.hooks.before = Some(format!(
+        "sleep 120 & echo $! > {}; wait",
+        pid_file.display()
+    ));
+    let mut s = settings(dir.path());
+    s.shutdown_grace = Duration::from_secs(30);
+    let daemon = start(s, vec![spec], &runner, real_clock());
+    daemon.handle.run_now("hooked").await;
+    let started = std::time::Instant::now();
+    let pid: u32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "hook never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(alive(pid));
+    let stopping = std::time::Instant::now();
+    daemon.stop().await.unwrap();
+    let took = stopping.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "shutdown waited {took:?} for the hook"
+    );
+    let gone = std::time::Instant::now();
+    while alive(pid) {
+        assert!(
+            gone.elapsed() < Duration::from_secs(5),
+            "the hook's child {pid} survived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(runner.calls().is_empty());
+    let hooked = &read_status(dir.path()).unwrap().jobs["hooked"];
+    assert_eq!(hooked.last_status, Some(RunStatus::Failed));
+    assert!(
+        hooked
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("daemon is stopping")),
+        "{hooked:?}"
+    );
+}
+
 // --------------------------------------------------- notifications (HTTP)
 
 #[derive(Debug, Clone)]

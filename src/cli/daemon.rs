@@ -33,6 +33,8 @@ pub async fn run(config: &ConfigArg, _args: DaemonArgs) -> u8 {
     let signals = tokio::spawn(schedule::signals::forward_signals(handle, move || {
         let config = reload_config.load_quiet()?;
         let (settings, jobs) = plan(&config);
+        // The agent is swapped only for a configuration the daemon accepts.
+        schedule::check_jobs(&jobs, chrono::Utc::now()).map_err(|e| e.to_string())?;
         reload_runner.replace_config(config);
         Ok::<_, String>(Reload::new(settings, jobs))
     }));

@@ -167,7 +167,7 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     control: DaemonControl,
 ) -> Result<(), Error> {
-    validate(&jobs, clock.now())?;
+    check_jobs(&jobs, clock.now())?;
     let store = Arc::new(StatusStore::load(settings.state_dir.clone()));
     let notifier = Notifier::new()?;
     let server = super::http::start(&settings, &store, &clock, control.run_now_tx.clone()).await?;
@@ -193,8 +193,13 @@ pub async fn run(
     Ok(())
 }
 
-/// Checks a job list: unique names, every schedule fires again.
-fn validate(jobs: &[JobSpec], now: DateTime<Utc>) -> Result<(), Error> {
+/// Checks a job list as [`run`] and a reload do: unique names, every
+/// schedule fires again after `now`. A reload loader calls it before it
+/// commits to the new configuration.
+///
+/// # Errors
+/// [`Error::DuplicateJob`] or [`Error::NoNextRun`].
+pub fn check_jobs(jobs: &[JobSpec], now: DateTime<Utc>) -> Result<(), Error> {
     let mut names = HashSet::new();
     for job in jobs {
         if !names.insert(job.name.as_str()) {
@@ -449,12 +454,17 @@ impl Daemon {
     }
 
     async fn reload(&mut self, reload: Reload) {
-        if let Err(error) = validate(&reload.jobs, self.now()) {
+        if let Err(error) = check_jobs(&reload.jobs, self.now()) {
             tracing::error!(error = %error, "new configuration rejected; keeping the old one");
             return;
         }
         if reload.settings.status_listen != self.settings.status_listen {
             tracing::warn!("status_listen changes take effect after a restart");
+        }
+        // Debug output masks the password, so only a password change goes
+        // unnoticed here.
+        if format!("{:?}", reload.settings.mqtt) != format!("{:?}", self.settings.mqtt) {
+            tracing::warn!("[mqtt] changes take effect after a restart");
         }
         if reload.settings.max_parallel != self.settings.max_parallel {
             self.semaphore = Arc::new(Semaphore::new(reload.settings.max_parallel.max(1)));

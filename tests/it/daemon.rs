@@ -646,6 +646,60 @@ async fn sighup_reloads_a_good_config_and_keeps_running_on_a_bad_one() {
     );
 }
 
+#[tokio::test]
+async fn a_reload_the_daemon_rejects_leaves_the_running_agent_alone() {
+    let world = World::new("schedule = \"*/2 * * * * *\"\n[daemon]\ncatch_up = false\n").await;
+    let state = world.config().state_dir;
+    let stderr = world.dir.path().join("daemon.log");
+    let mut child = spawn_daemon(&world.config_path, &stderr);
+    let ok_runs = || {
+        read_status(&state)
+            .ok()
+            .and_then(|s| s.jobs.get("home").cloned())
+            .filter(|j| j.last_status == Some(schedule::RunStatus::Ok))
+            .map_or(0, |j| j.runs)
+    };
+    let (ok_runs, stderr_ref) = (&ok_runs, &stderr);
+    let wait_ok_runs = |n: u64| async move {
+        let start = Instant::now();
+        while ok_runs() < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no successful run {n}: {}",
+                std::fs::read_to_string(stderr_ref).unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    };
+    wait_ok_runs(1).await;
+
+    // It parses, but its schedule never fires again (the daemon refuses
+    // it), and its NAS is somewhere nothing listens: had the loader
+    // swapped the agent anyway, the next runs would fail.
+    let text = std::fs::read_to_string(&world.config_path)
+        .unwrap()
+        .replace(&world.nas.url(), "http://127.0.0.1:9")
+        .replace("*/2 * * * * *", "0 0 0 1 1 * 2020");
+    std::fs::write(&world.config_path, text).unwrap();
+    signal(&child, "-HUP");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&stderr)
+        .unwrap()
+        .contains("new configuration rejected")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no rejection logged"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let before = ok_runs();
+    wait_ok_runs(before + 2).await;
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0));
+}
+
 // ------------------------------------------------------------------- soak
 
 /// SplitMix64: a seeded, dependency-free pseudo-random sequence.

@@ -556,6 +556,64 @@ async fn reload_replaces_jobs_and_a_bad_reload_keeps_the_old_ones() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn sighup_with_a_good_then_an_unparsable_config_file_and_sigterm_under_paused_time() {
+    use synback::config::{Config, ConfigEnv};
+    use synback::schedule::signals::{DaemonSignal, forward};
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("src");
+    std::fs::create_dir_all(&source).unwrap();
+    let write = |extra: &str| {
+        crate::support::write_config_file(
+            dir.path(),
+            "http://127.0.0.1:9",
+            &source,
+            "max_attempts = 1",
+            &format!("{extra}[daemon]\ncatch_up = false\n"),
+        )
+    };
+    let path = write("schedule = \"0 * * * *\"\ntimezone = \"UTC\"\n");
+    let load = {
+        let path = path.clone();
+        move || Config::load(&path, &ConfigEnv::new()).map_err(|e| e.to_string())
+    };
+    let (settings, jobs) = synback::daemon::plan(&load().unwrap());
+    let clock = paused_clock("2026-01-01T00:30:00Z");
+    let runner = FakeRunner::new(Arc::clone(&clock), |_, _| Step::Ok(Duration::from_secs(1)));
+    let daemon = start(settings, jobs, &runner, Arc::clone(&clock));
+    let (signal, mut signals) = tokio::sync::mpsc::channel(4);
+    let forwarder = tokio::spawn(forward(
+        daemon.handle.clone(),
+        futures_util::stream::poll_fn(move |cx| signals.poll_recv(cx)),
+        move || {
+            load().map(|config| {
+                let (settings, jobs) = synback::daemon::plan(&config);
+                Reload::new(settings, jobs)
+            })
+        },
+    ));
+    pass(MIN * 60).await; // 01:00 (top of the hour)
+    write("schedule = \"15 * * * *\"\ntimezone = \"UTC\"\n");
+    signal.send(DaemonSignal::Hangup).await.unwrap();
+    pass(MIN * 60).await; // 02:15 (the new schedule)
+    write("schedule = \"15 * * * *\"\ntimezone = \"UTC\"\n[[job\n"); // not TOML
+    assert!(Config::load(&path, &ConfigEnv::new()).is_err());
+    signal.send(DaemonSignal::Hangup).await.unwrap();
+    pass(MIN * 60).await; // 03:15 (the old one keeps running)
+    signal.send(DaemonSignal::Terminate).await.unwrap();
+    forwarder.await.unwrap();
+    daemon.task.await.unwrap().unwrap();
+    let walls: Vec<_> = runner.calls().iter().map(|c| c.wall).collect();
+    assert_eq!(
+        walls,
+        [
+            utc("2026-01-01T01:00:00Z"),
+            utc("2026-01-01T02:15:00Z"),
+            utc("2026-01-01T03:15:00Z")
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn run_now_triggers_a_job_once_even_when_asked_twice() {
     let dir = tempfile::tempdir().unwrap();
     let clock = paused_clock("2026-01-01T00:00:30Z");

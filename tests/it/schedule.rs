@@ -1071,6 +1071,80 @@ fn parse_metrics(text: &str) -> HashMap<String, f64> {
     samples
 }
 
+/// The Python of the venv `.ci/run` creates (or `SYNBACK_PYTHON`, as in
+/// `scripts/test`) when it can import `module`. `None` (with a message)
+/// outside CI; under CI (`CI` set) a missing one fails the test.
+fn ci_python(module: &str) -> Option<std::path::PathBuf> {
+    let python = std::env::var_os("SYNBACK_PYTHON").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/venv/bin/python"),
+        std::path::PathBuf::from,
+    );
+    let found = std::process::Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{} cannot import {module}; .ci/run installs tests/conformance/requirements.txt",
+            python.display()
+        );
+        eprintln!("no Python with {module} (run .ci/run once); skipping that check");
+        return None;
+    }
+    Some(python)
+}
+
+/// One sample as the reference Prometheus parser (the `prometheus_client`
+/// Python package) reads it.
+#[derive(Debug, serde::Deserialize)]
+struct ParsedSample {
+    family: String,
+    kind: String,
+    series: String,
+    value: String,
+}
+
+/// Parses `text` with `prometheus_client.parser`; `None` when that parser
+/// is not installed (outside CI). A text it refuses fails the test.
+fn prometheus_parse(text: &str) -> Option<Vec<ParsedSample>> {
+    use std::io::Write as _;
+    const SCRIPT: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        labels = ",".join('%s="%s"' % (k, v) for k, v in s.labels.items())
+        series = s.name + ("{" + labels + "}" if labels else "")
+        out.append({"family": family.name, "kind": family.type, "series": series,
+                    "value": str(s.value)})
+print(json.dumps(out))
+"#;
+    let python = ci_python("prometheus_client")?;
+    let mut child = std::process::Command::new(python)
+        .args(["-c", SCRIPT])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client refused the metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
 async fn start_with_listener(
     dir: &Path,
     runner: &Arc<FakeRunner>,
@@ -1116,8 +1190,29 @@ async fn metrics_parse_and_count_runs() {
             .unwrap()
             .starts_with("text/plain")
     );
-    let metrics = parse_metrics(&response.text().await.unwrap());
+    let text = response.text().await.unwrap();
+    let metrics = parse_metrics(&text);
     daemon.stop().await.unwrap();
+    // The reference parser reads the same samples, with the declared types.
+    if let Some(samples) = prometheus_parse(&text) {
+        assert_eq!(samples.len(), metrics.len(), "{samples:?}");
+        for sample in &samples {
+            let value: f64 = sample.value.parse().unwrap();
+            assert_eq!(Some(&value), metrics.get(&sample.series), "{sample:?}");
+        }
+        let kind = |series: &str| {
+            let sample = samples.iter().find(|s| s.series == series).unwrap();
+            (sample.family.as_str(), sample.kind.as_str())
+        };
+        assert_eq!(
+            kind("synback_runs_total{job=\"good\"}"),
+            ("synback_runs", "counter")
+        );
+        assert_eq!(
+            kind("synback_last_success_timestamp_seconds{job=\"good\"}"),
+            ("synback_last_success_timestamp_seconds", "gauge")
+        );
+    }
     assert_eq!(metrics["synback_up"], 1.0);
     assert_eq!(metrics["synback_runs_total{job=\"good\"}"], 1.0);
     assert_eq!(metrics["synback_failures_total{job=\"good\"}"], 0.0);

@@ -1434,37 +1434,12 @@ async fn status_page_in_headless_chromium_names_the_jobs_and_shows_the_failure_i
     );
 
     // The screenshot shows the failure in red, and only one row of it.
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let frame = reader.next_frame(&mut buf).unwrap();
-    let channels = match frame.color_type {
-        png::ColorType::Rgb => 3,
-        png::ColorType::Rgba => 4,
-        other => panic!("unexpected PNG colour type {other:?}"),
-    };
-    let (width, height) = (frame.width as usize, frame.height as usize);
-    let near = |px: &[u8], (r, g, b): (u8, u8, u8)| {
-        px[0].abs_diff(r) <= 24 && px[1].abs_diff(g) <= 24 && px[2].abs_diff(b) <= 24
-    };
-    let mut red = 0usize;
-    let mut red_rows = std::collections::BTreeSet::new();
-    let mut green = 0usize;
-    for y in 0..height {
-        for x in 0..width {
-            let i = (y * width + x) * channels;
-            let px = &buf[i..i + 3];
-            // #c62828, the failed row's background.
-            if near(px, (0xc6, 0x28, 0x28)) {
-                red += 1;
-                red_rows.insert(y);
-            }
-            // #2e7d32, the "ok" status text.
-            if near(px, (0x2e, 0x7d, 0x32)) {
-                green += 1;
-            }
-        }
-    }
+    let (width, height, pixels) = read_png(&shot);
+    let (red_rows, red) = red_band(width, &pixels);
+    let green = pixels
+        .iter()
+        .filter(|px| near(px, (0x2e, 0x7d, 0x32))) // the "ok" status text
+        .count();
     eprintln!(
         "status page {width}x{height}: {red} red pixels on {} pixel rows, {green} green",
         red_rows.len()
@@ -1475,6 +1450,97 @@ async fn status_page_in_headless_chromium_names_the_jobs_and_shows_the_failure_i
     assert!(last - first < 120, "red spans lines {first}..{last}");
     assert_eq!(last - first + 1, red_rows.len(), "the red band has gaps");
     assert!(green > 20, "no green ok status: {green} pixels");
+
+    // Pixel proof that the names are drawn, "bad" inside the red row: the
+    // same document (self-contained, so it renders the same from a file),
+    // once as is and once with the text of the two name cells hidden
+    // (the layout does not change), differs there and only there.
+    let hide = |dom: &str| {
+        ["good", "bad"].iter().fold(dom.to_owned(), |dom, name| {
+            dom.replace(
+                &format!("<td>{name}</td>"),
+                &format!("<td><span style=\"visibility:hidden\">{name}</span></td>"),
+            )
+        })
+    };
+    let mut shots = Vec::new();
+    for (file, html) in [("shown", dom.clone()), ("hidden", hide(&dom))] {
+        let page = dir.path().join(format!("{file}.html"));
+        std::fs::write(&page, html).unwrap();
+        let png = dir.path().join(format!("{file}.png"));
+        headless(
+            chromium,
+            profile.path(),
+            &[format!("--screenshot={}", png.display())],
+            &format!("file://{}", page.display()),
+        )
+        .await;
+        shots.push(read_png(&png));
+    }
+    let ((w, _, shown), (w2, _, hidden)) = (&shots[0], &shots[1]);
+    assert_eq!(w, w2);
+    let (band, _) = red_band(*w, shown);
+    let (first, last) = (*band.first().unwrap(), *band.last().unwrap());
+    let changed: Vec<(usize, usize)> = shown
+        .iter()
+        .zip(hidden)
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, _)| (i % w, i / w))
+        .collect();
+    let in_red = changed
+        .iter()
+        .filter(|(_, y)| (first..=last).contains(y))
+        .count();
+    let elsewhere = changed.len() - in_red;
+    let (left, right) = (
+        changed.iter().map(|(x, _)| *x).min().unwrap_or(0),
+        changed.iter().map(|(x, _)| *x).max().unwrap_or(0),
+    );
+    eprintln!(
+        "hiding the names changed {in_red} pixels in the red row and {elsewhere} elsewhere, columns {left}..={right}"
+    );
+    assert!(in_red > 30, "the name \"bad\" is not drawn in the red row");
+    assert!(elsewhere > 30, "the name \"good\" is not drawn");
+    assert!(right - left < 300, "more than the name column changed");
+}
+
+/// `(r, g, b)` within 24 of `color` on each channel.
+fn near(px: &[u8; 3], (r, g, b): (u8, u8, u8)) -> bool {
+    px[0].abs_diff(r) <= 24 && px[1].abs_diff(g) <= 24 && px[2].abs_diff(b) <= 24
+}
+
+/// The pixel rows holding #c62828 (the failed row's background), and how
+/// many such pixels there are.
+fn red_band(width: usize, pixels: &[[u8; 3]]) -> (std::collections::BTreeSet<usize>, usize) {
+    let mut rows = std::collections::BTreeSet::new();
+    let mut count = 0;
+    for (i, px) in pixels.iter().enumerate() {
+        if near(px, (0xc6, 0x28, 0x28)) {
+            count += 1;
+            rows.insert(i / width);
+        }
+    }
+    (rows, count)
+}
+
+/// A PNG's width, height and RGB pixels, row by row.
+fn read_png(path: &Path) -> (usize, usize, Vec<[u8; 3]>) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let frame = reader.next_frame(&mut buf).unwrap();
+    let channels = match frame.color_type {
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        other => panic!("unexpected PNG colour type {other:?}"),
+    };
+    let (width, height) = (frame.width as usize, frame.height as usize);
+    let pixels = buf[..width * height * channels]
+        .chunks_exact(channels)
+        .map(|px| [px[0], px[1], px[2]])
+        .collect();
+    (width, height, pixels)
 }
 
 // ---------------------------------------------------------------- signals

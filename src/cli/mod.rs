@@ -156,15 +156,24 @@ fn init_logging(cli: &Cli, format: LogFormat) {
         (false, 1) => "info,synback=debug",
         (false, _) => "trace",
     };
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = EnvFilter::try_from_env("SYNBACK_LOG").unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Human => builder
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Human => fmt
             .with_ansi(std::io::stderr().is_terminal())
             .with_target(false)
-            .try_init(),
+            .boxed(),
     };
+    let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
+    // The daemon's runs keep their INFO lines for the healthchecks /fail ping.
+    #[cfg(feature = "daemon")]
+    let registry = registry.with(
+        synback::schedule::run_log::layer()
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+    );
+    let _ = registry.try_init();
 }

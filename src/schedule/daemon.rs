@@ -576,6 +576,7 @@ async fn run_job(
         return name;
     };
     let start = ctx.clock.now();
+    super::run_log::clear(&name);
     tracing::info!("run started");
     ctx.store
         .update(&name, start, |job| job.last_start = Some(start))

@@ -583,6 +583,52 @@ async fn synback_status_prints_each_jobs_last_and_next_run_from_the_status_file(
     assert!(err.contains("status.json"), "{err}");
 }
 
+#[tokio::test]
+async fn the_fail_ping_carries_the_tail_of_the_runs_log() {
+    let (url, seen, server) = recorder().await;
+    let world = World::new(&format!(
+        "schedule = \"0 0 1 1 *\"\n[job.notify]\nhealthchecks = \"{url}/ping/tailed\"\n\
+         [daemon]\ncatch_up = true\n"
+    ))
+    .await;
+    // The NAS is nearly full: the run fails after it took the lock.
+    world
+        .nas
+        .faults()
+        .update(|f| f.quota_bytes = Some(16 * 1024));
+    let stderr = world.dir.path().join("daemon.log");
+    let mut child = spawn_daemon(&world.config_path, &stderr);
+    let pings = wait_requests(&seen, 2).await;
+    signal(&child, "-TERM");
+    wait_exit(&mut child, Duration::from_secs(30)).await;
+    server.abort();
+    let fail = pings
+        .iter()
+        .find(|r| r.path == "/ping/tailed/fail")
+        .unwrap_or_else(|| panic!("{pings:?}"));
+    let error = read_status(&world.config().state_dir).unwrap().jobs["home"]
+        .last_error
+        .clone()
+        .unwrap();
+    let (sent_error, log) = fail
+        .body
+        .split_once("\n\nlog of the run:\n")
+        .unwrap_or_else(|| panic!("no log in {:?}", fail.body));
+    assert_eq!(sent_error, error);
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines[0].contains("INFO run started"), "{log}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("lock taken") && l.contains("snapshot=")),
+        "{log}"
+    );
+    assert!(
+        lines.last().unwrap().contains("WARN run did not succeed"),
+        "{log}"
+    );
+}
+
 /// True when the status file lists exactly `names` (sorted).
 fn has_jobs(state: &Path, names: &[&str]) -> bool {
     read_status(state).is_ok_and(|s| s.jobs.keys().map(String::as_str).eq(names.iter().copied()))

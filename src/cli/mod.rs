@@ -70,8 +70,9 @@ enum Command {
     /// Run every scheduled job until stopped (SIGHUP reloads the config).
     ///
     /// SIGTERM or SIGINT stops it: a running backup finishes the volume it
-    /// is uploading (within `[daemon] shutdown_grace`), removes its partial
-    /// files, releases the lock and logs out. Exit status: 0 after such a
+    /// is uploading (within `[daemon] shutdown_grace`; past it the upload
+    /// is abandoned), removes its partial files, releases the lock and logs
+    /// out. Exit status: 0 after such a
     /// stop, 1 when the daemon cannot start (e.g. the status listener's
     /// address is taken), 2 for an unusable config or no job with a
     /// `schedule`.

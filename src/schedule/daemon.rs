@@ -97,7 +97,8 @@ impl DaemonControl {
 
 impl DaemonHandle {
     /// Asks the daemon to stop: running jobs are cancelled and awaited up to
-    /// the grace period.
+    /// the grace period; what is left then is abandoned, cleaned up and
+    /// reported as failed.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
     }
@@ -147,8 +148,10 @@ impl DaemonHandle {
 /// start. Retryable failures are retried per [`RetryPolicy`]; the hooks and
 /// notifications run once per scheduled run, around all its attempts. A
 /// failing `before` hook fails the run without calling the runner. On shutdown the
-/// runs' cancel tokens are cancelled and the runs awaited up to
-/// `shutdown_grace`, then aborted.
+/// runs' cancel tokens are cancelled (a running `before` hook is killed) and
+/// the runs awaited up to `shutdown_grace`; runs still going are then
+/// aborted, [`JobRunner::clean_up_abandoned`] is called for each, and each
+/// is recorded and reported as failed.
 ///
 /// # Errors
 /// At start only: [`Error::DuplicateJob`] or [`Error::NoNextRun`] for a bad

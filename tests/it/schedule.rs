@@ -242,6 +242,24 @@ async fn runs_once_across_fall_back() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn every_half_hour_runs_through_the_repeated_hour_at_fall_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = paused_clock("2026-10-24T23:10:00Z"); // 01:10 CEST
+    let runner = FakeRunner::new(Arc::clone(&clock), |_, _| Step::Ok(MIN));
+    let mut spec = job("halfhourly", "0 */30 * * * *");
+    spec.tz = Some(chrono_tz::Europe::Berlin);
+    let daemon = start(settings(dir.path()), vec![spec], &runner, clock);
+    pass(Duration::from_secs(4 * 3600)).await; // to 02:10 CET
+    daemon.stop().await.unwrap();
+    let walls: Vec<_> = runner.calls().iter().map(|c| c.wall).collect();
+    // Every 30 minutes of real time, the repeated 02:00-03:00 included.
+    let expected: Vec<_> = (0..8)
+        .map(|i| utc("2026-10-24T23:30:00Z") + chrono::TimeDelta::minutes(30 * i))
+        .collect();
+    assert_eq!(walls, expected);
+}
+
+#[tokio::test(start_paused = true)]
 async fn jitter_delays_each_run_within_its_bound() {
     let dir = tempfile::tempdir().unwrap();
     let clock = paused_clock("2026-01-01T00:00:00Z");

@@ -441,8 +441,9 @@ impl Agent {
         let job = self.job(job)?;
         let opts = backup_options(job)?;
         let (client, target) = self.target(job).await?;
+        let session = LogoutOnDrop(Some(client));
         let result = backup::run(target, &opts, Arc::clone(&self.events), cancel, Utc::now()).await;
-        logout(&client).await;
+        session.logout().await;
         Ok(result?)
     }
 
@@ -929,6 +930,27 @@ fn absolute(path: &Path) -> PathBuf {
             .map(|d| d.join(path))
             .unwrap_or_else(|_| path.to_path_buf()),
     })
+}
+
+/// Logs the session out when the future holding it is dropped (a backup
+/// abandoned at shutdown), on a task of the current runtime.
+struct LogoutOnDrop(Option<dsm::Client>);
+
+impl LogoutOnDrop {
+    async fn logout(mut self) {
+        if let Some(client) = self.0.take() {
+            logout(&client).await;
+        }
+    }
+}
+
+impl Drop for LogoutOnDrop {
+    fn drop(&mut self) {
+        if let (Some(client), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move { logout(&client).await });
+        }
+    }
 }
 
 async fn logout(client: &dsm::Client) {

@@ -360,6 +360,19 @@ async fn sigterm_past_the_grace_period_abandons_the_upload_cleans_up_and_reports
                 && r.method.as_deref() == Some("logout")),
         "no logout after SIGTERM: {after:?}"
     );
+    // Every session was logged out: the abandoned run's and the cleanup's.
+    let auth = |method: &str| {
+        world
+            .nas
+            .request_log()
+            .iter()
+            .filter(|r| {
+                r.api.as_deref() == Some("SYNO.API.Auth") && r.method.as_deref() == Some(method)
+            })
+            .count()
+    };
+    assert_eq!(auth("login"), 2, "{:?}", world.nas.request_log());
+    assert_eq!(auth("logout"), 2, "{:?}", world.nas.request_log());
     let status = read_status(&world.config().state_dir).unwrap();
     let home = &status.jobs["home"];
     assert!(!home.running);

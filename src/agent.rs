@@ -474,9 +474,28 @@ impl Agent {
             () = cancel.cancelled() => return Err(Error::Cancelled),
             connected = self.target(job) => connected?,
         };
+        let session = LogoutOnDrop(Some(client));
         let result = backup::run(target, &opts, Arc::clone(&self.events), cancel, Utc::now()).await;
-        logout(&client).await;
+        session.logout().await;
         Ok(result?)
+    }
+
+    /// Cleans up after a backup of `job` whose future was dropped (the
+    /// daemon abandons a run that outlives its shutdown grace period): when
+    /// the job's lock is held by this process, deletes every partial upload
+    /// and archive without a manifest, then the lock. A lock of another
+    /// process (or none) leaves the folder untouched. Returns how many files
+    /// were deleted, the lock not counted.
+    ///
+    /// # Errors
+    /// Connection and storage errors.
+    pub async fn clean_up_abandoned(&self, job: &str) -> Result<usize, Error> {
+        let job = self.job(job)?;
+        let name = JobName::new(&job.name)?;
+        let (client, target) = self.target(job).await?;
+        let result = clean_up_abandoned(target.as_ref(), &name).await;
+        logout(&client).await;
+        result
     }
 
     /// Lists the job folder: complete snapshots, orphans, partials, lock.
@@ -724,6 +743,35 @@ pub fn backup_options(job: &JobConfig) -> Result<BackupOptions, Error> {
     Ok(opts)
 }
 
+/// See [`Agent::clean_up_abandoned`].
+async fn clean_up_abandoned(target: &dyn Target, job: &JobName) -> Result<usize, Error> {
+    use crate::repo::target::TargetExt as _;
+    let holder = crate::repo::lock::Lock::holder(target)
+        .await
+        .map_err(backup::Error::from)?;
+    let ours = holder.is_some_and(|h| {
+        h.pid == std::process::id() && h.host == crate::repo::lock::local_hostname()
+    });
+    if !ours {
+        return Ok(0);
+    }
+    let listing = list_folder(target, job).await?;
+    let names: Vec<String> = listing
+        .partials
+        .iter()
+        .map(|p| p.entry.name.clone())
+        .chain(
+            listing
+                .orphans
+                .iter()
+                .flat_map(SnapshotFiles::deletion_order),
+        )
+        .collect();
+    let deleted = crate::repo::listing::delete_ours(target, job, &names).await?;
+    target.delete_if_exists(layout::LOCK_NAME).await?;
+    Ok(deleted)
+}
+
 async fn list_folder(target: &dyn Target, job: &JobName) -> Result<Listing, Error> {
     match target.list().await {
         Ok(entries) => Ok(Listing::classify(job, entries)),
@@ -917,6 +965,27 @@ fn absolute(path: &Path) -> PathBuf {
             .map(|d| d.join(path))
             .unwrap_or_else(|_| path.to_path_buf()),
     })
+}
+
+/// Logs the session out when the future holding it is dropped (a backup
+/// abandoned at shutdown), on a task of the current runtime.
+struct LogoutOnDrop(Option<dsm::Client>);
+
+impl LogoutOnDrop {
+    async fn logout(mut self) {
+        if let Some(client) = self.0.take() {
+            logout(&client).await;
+        }
+    }
+}
+
+impl Drop for LogoutOnDrop {
+    fn drop(&mut self) {
+        if let (Some(client), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move { logout(&client).await });
+        }
+    }
 }
 
 async fn logout(client: &dsm::Client) {

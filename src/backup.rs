@@ -241,7 +241,7 @@ impl Error {
 /// Cancel through `cancel`, not by dropping the future: cancellation stops
 /// reading and uploading at the next chunk, removes partials and releases
 /// the lock before returning [`Error::Cancelled`].
-#[instrument(skip_all, fields(job = %opts.job))]
+#[instrument(skip_all, fields(job = %opts.job, snapshot = tracing::field::Empty))]
 pub async fn run(
     target: Arc<dyn Target>,
     opts: &BackupOptions,
@@ -253,6 +253,7 @@ pub async fn run(
     events.event(Event::Phase(Phase::Connecting));
     target.ensure_folder().await?;
     let (id, now) = fresh_id(target.as_ref(), &opts.job, now).await?;
+    tracing::Span::current().record("snapshot", tracing::field::display(&id));
     if cancel.is_cancelled() {
         events.event(Event::Phase(Phase::Done));
         return Err(Error::Cancelled);

@@ -22,6 +22,11 @@ use crate::schedule::{
     self, DaemonSettings, Hooks, JobRunner, JobSpec, Notify, RetryPolicy, RunOutcome,
 };
 
+/// Retries of one DSM request (after its first attempt) inside a daemon
+/// run. The daemon retries whole runs per `[retry]`; each request only
+/// rides out a short blip, so attempts and time do not multiply.
+pub const REQUEST_RETRIES: u32 = 2;
+
 /// Runs scheduled backups through an [`Agent`] that a config reload can
 /// replace; runs already going keep the agent they started with.
 ///
@@ -42,6 +47,20 @@ impl AgentRunner {
             agent: Arc::new(RwLock::new(agent)),
             last_second: Arc::default(),
         }
+    }
+
+    /// A runner over an agent for `config` whose DSM requests are retried
+    /// at most [`REQUEST_RETRIES`] times within a quarter of
+    /// `retry.max_elapsed`: `[retry]` itself bounds the daemon's retries of
+    /// whole runs (see [`plan`]).
+    pub fn from_config(config: Config) -> Self {
+        Self::new(Agent::new(per_request_retry(config)))
+    }
+
+    /// Like [`AgentRunner::replace`], with the agent
+    /// [`AgentRunner::from_config`] would build.
+    pub fn replace_config(&self, config: Config) {
+        self.replace(Agent::new(per_request_retry(config)));
     }
 
     /// Uses `agent` for every run that starts from now on.
@@ -99,6 +118,32 @@ impl JobRunner for AgentRunner {
             outcome.with_duration(started.elapsed())
         })
     }
+
+    fn clean_up_abandoned(&self, job: &str) -> BoxFuture<'static, Result<(), String>> {
+        let agent = self.current();
+        let job = job.to_owned();
+        Box::pin(async move {
+            let Some(agent) = agent else {
+                return Err("internal error: the agent lock is poisoned".to_owned());
+            };
+            match agent.clean_up_abandoned(&job).await {
+                Ok(deleted) => {
+                    tracing::info!(job, deleted, "abandoned run cleaned up");
+                    Ok(())
+                }
+                Err(err) => Err(crate::error_chain(&err)),
+            }
+        })
+    }
+}
+
+/// `config` with `[retry]` narrowed to what one request inside a daemon run
+/// may spend.
+fn per_request_retry(mut config: Config) -> Config {
+    let retry = &mut config.retry;
+    retry.max_attempts = retry.max_attempts.min(REQUEST_RETRIES + 1);
+    retry.max_elapsed /= 4;
+    config
 }
 
 /// Waits until the UTC second differs from the one `job`'s last run ended

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use synback::agent::Agent;
 use synback::daemon::{AgentRunner, plan};
 use synback::schedule::{self, DaemonControl, Reload, SystemClock};
 
@@ -27,14 +26,16 @@ pub async fn run(config: &ConfigArg, _args: DaemonArgs) -> u8 {
         );
         return exit::USAGE;
     }
-    let runner = AgentRunner::new(Agent::new(loaded));
+    let runner = AgentRunner::from_config(loaded);
     let (control, handle) = DaemonControl::new();
     let reload_runner = runner.clone();
     let reload_config = config.clone();
     let signals = tokio::spawn(schedule::signals::forward_signals(handle, move || {
         let config = reload_config.load_quiet()?;
         let (settings, jobs) = plan(&config);
-        reload_runner.replace(Agent::new(config));
+        // The agent is swapped only for a configuration the daemon accepts.
+        schedule::check_jobs(&jobs, chrono::Utc::now()).map_err(|e| e.to_string())?;
+        reload_runner.replace_config(config);
         Ok::<_, String>(Reload::new(settings, jobs))
     }));
     let result = schedule::run(

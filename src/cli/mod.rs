@@ -27,9 +27,10 @@ struct Cli {
     /// Config file [default: $SYNBACK_CONFIG, else /etc/synback/config.toml].
     #[arg(long, short = 'c', global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Log format: human, or json (one object per line, for journald/Docker).
-    #[arg(long, global = true, value_name = "FORMAT", default_value = "human")]
-    log_format: LogFormat,
+    /// Log format: human, or json (one object per line, for journald/Docker)
+    /// [default: `[daemon] log_format` for `synback daemon`, else human].
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
     /// More log output (-v: debug, -vv: trace).
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -69,8 +70,9 @@ enum Command {
     /// Run every scheduled job until stopped (SIGHUP reloads the config).
     ///
     /// SIGTERM or SIGINT stops it: a running backup finishes the volume it
-    /// is uploading (within `[daemon] shutdown_grace`), removes its partial
-    /// files, releases the lock and logs out. Exit status: 0 after such a
+    /// is uploading (within `[daemon] shutdown_grace`; past it the upload
+    /// is abandoned), removes its partial files, releases the lock and logs
+    /// out. Exit status: 0 after such a
     /// stop, 1 when the daemon cannot start (e.g. the status listener's
     /// address is taken), 2 for an unusable config or no job with a
     /// `schedule`.
@@ -92,7 +94,10 @@ pub use synback::agent::exit;
 /// Parses the command line, runs the command and returns its exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli);
+    let format = cli
+        .log_format
+        .unwrap_or_else(|| configured_log_format(&cli));
+    init_logging(&cli, format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -129,8 +134,22 @@ async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// The daemon's `[daemon] log_format`, human for other commands or when
+/// the config cannot be read (the command then reports why).
+fn configured_log_format(cli: &Cli) -> LogFormat {
+    #[cfg(feature = "daemon")]
+    if matches!(cli.command, Command::Daemon(_))
+        && let Ok(config) = commands::ConfigArg(cli.config.clone()).load_quiet()
+        && config.daemon.log_format == synback::config::LogFormat::Json
+    {
+        return LogFormat::Json;
+    }
+    let _ = cli;
+    LogFormat::Human
+}
+
 /// Human logs on stderr by default (warnings and up unless -v), JSON when asked.
-fn init_logging(cli: &Cli) {
+fn init_logging(cli: &Cli, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
@@ -138,15 +157,24 @@ fn init_logging(cli: &Cli) {
         (false, 1) => "info,synback=debug",
         (false, _) => "trace",
     };
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = EnvFilter::try_from_env("SYNBACK_LOG").unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match cli.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Human => builder
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Human => fmt
             .with_ansi(std::io::stderr().is_terminal())
             .with_target(false)
-            .try_init(),
+            .boxed(),
     };
+    let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
+    // The daemon's runs keep their INFO lines for the healthchecks /fail ping.
+    #[cfg(feature = "daemon")]
+    let registry = registry.with(
+        synback::schedule::run_log::layer()
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+    );
+    let _ = registry.try_init();
 }

@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::hooks::{HookKind, hook_env, run_hook};
+use super::hooks::{HookKind, hook_env, run_hook, run_hook_until};
 use super::notify::Notifier;
 use super::status::StatusStore;
 use super::{
@@ -24,6 +24,16 @@ use super::{
 /// clock at least this often (so a suspended machine or a clock change is
 /// noticed).
 const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// How long the cleanup of a run abandoned at shutdown may take.
+const ABANDON_CLEANUP: Duration = Duration::from_secs(15);
+
+/// How long reporting a run abandoned at shutdown may take (its
+/// `on_failure` hook and notifications).
+const ABANDON_REPORT: Duration = Duration::from_secs(15);
+
+/// Why a run abandoned at shutdown failed.
+const ABANDONED: &str = "abandoned at shutdown: the run outlived the grace period";
 
 /// A new configuration for a running daemon.
 #[derive(Debug, Clone)]
@@ -87,7 +97,8 @@ impl DaemonControl {
 
 impl DaemonHandle {
     /// Asks the daemon to stop: running jobs are cancelled and awaited up to
-    /// the grace period.
+    /// the grace period; what is left then is abandoned, cleaned up and
+    /// reported as failed.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
     }
@@ -137,8 +148,10 @@ impl DaemonHandle {
 /// start. Retryable failures are retried per [`RetryPolicy`]; the hooks and
 /// notifications run once per scheduled run, around all its attempts. A
 /// failing `before` hook fails the run without calling the runner. On shutdown the
-/// runs' cancel tokens are cancelled and the runs awaited up to
-/// `shutdown_grace`, then aborted.
+/// runs' cancel tokens are cancelled (a running `before` hook is killed) and
+/// the runs awaited up to `shutdown_grace`; runs still going are then
+/// aborted, [`JobRunner::clean_up_abandoned`] is called for each, and each
+/// is recorded and reported as failed.
 ///
 /// # Errors
 /// At start only: [`Error::DuplicateJob`] or [`Error::NoNextRun`] for a bad
@@ -157,7 +170,7 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     control: DaemonControl,
 ) -> Result<(), Error> {
-    validate(&jobs, clock.now())?;
+    check_jobs(&jobs, clock.now())?;
     let store = Arc::new(StatusStore::load(settings.state_dir.clone()));
     let notifier = Notifier::new()?;
     let server = super::http::start(&settings, &store, &clock, control.run_now_tx.clone()).await?;
@@ -183,8 +196,13 @@ pub async fn run(
     Ok(())
 }
 
-/// Checks a job list: unique names, every schedule fires again.
-fn validate(jobs: &[JobSpec], now: DateTime<Utc>) -> Result<(), Error> {
+/// Checks a job list as [`run`] and a reload do: unique names, every
+/// schedule fires again after `now`. A reload loader calls it before it
+/// commits to the new configuration.
+///
+/// # Errors
+/// [`Error::DuplicateJob`] or [`Error::NoNextRun`].
+pub fn check_jobs(jobs: &[JobSpec], now: DateTime<Utc>) -> Result<(), Error> {
     let mut names = HashSet::new();
     for job in jobs {
         if !names.insert(job.name.as_str()) {
@@ -219,6 +237,9 @@ struct RunContext {
     notifier: Notifier,
     store: Arc<StatusStore>,
     retry: RetryPolicy,
+    /// Jobs between the start of their `before` hook and the end of their
+    /// last hook: the runs to clean up and report when aborted.
+    in_flight: Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
 struct Daemon {
@@ -247,6 +268,7 @@ impl Daemon {
             notifier,
             store,
             retry: settings.retry,
+            in_flight: Arc::default(),
         });
         Self {
             semaphore: Arc::new(Semaphore::new(settings.max_parallel.max(1))),
@@ -358,6 +380,11 @@ impl Daemon {
 
     /// Starts a run of `name` unless one is going (then it is skipped).
     async fn start(&mut self, name: &str, trigger: &'static str) {
+        // A run that ended but whose task the main loop has not reaped yet
+        // (select! picks among ready branches at random) is not running.
+        while let Some(joined) = self.tasks.try_join_next_with_id() {
+            self.finished(joined).await;
+        }
         let now = self.now();
         let Some(scheduled) = self.jobs.get(name) else {
             tracing::warn!(job = name, trigger, "run requested for an unknown job");
@@ -413,13 +440,15 @@ impl Daemon {
             return;
         };
         self.running.remove(&name);
-        if let Err(error) = joined {
+        if let Err(error) = &joined {
             tracing::error!(job = %name, error = %error, "run task ended abnormally");
-            self.ctx
-                .store
-                .update(&name, self.now(), |job| job.running = false)
-                .await;
         }
+        // Only now, with its notifications sent and its task reaped, may a
+        // new run of the job start: the status says so from here on.
+        self.ctx
+            .store
+            .update(&name, self.now(), |job| job.running = false)
+            .await;
         if !self.jobs.contains_key(&name) {
             // Removed by a reload while it ran: drop its status entry again.
             let names: Vec<String> = self.jobs.keys().cloned().collect();
@@ -428,12 +457,17 @@ impl Daemon {
     }
 
     async fn reload(&mut self, reload: Reload) {
-        if let Err(error) = validate(&reload.jobs, self.now()) {
+        if let Err(error) = check_jobs(&reload.jobs, self.now()) {
             tracing::error!(error = %error, "new configuration rejected; keeping the old one");
             return;
         }
         if reload.settings.status_listen != self.settings.status_listen {
             tracing::warn!("status_listen changes take effect after a restart");
+        }
+        // Debug output masks the password, so only a password change goes
+        // unnoticed here.
+        if format!("{:?}", reload.settings.mqtt) != format!("{:?}", self.settings.mqtt) {
+            tracing::warn!("[mqtt] changes take effect after a restart");
         }
         if reload.settings.max_parallel != self.settings.max_parallel {
             self.semaphore = Arc::new(Semaphore::new(reload.settings.max_parallel.max(1)));
@@ -444,6 +478,7 @@ impl Daemon {
             notifier: self.ctx.notifier.clone(),
             store: Arc::clone(&self.ctx.store),
             retry: reload.settings.retry,
+            in_flight: Arc::clone(&self.ctx.in_flight),
         });
         self.settings = reload.settings;
         self.set_jobs(reload.jobs).await;
@@ -474,6 +509,21 @@ impl Daemon {
             while let Some(joined) = self.tasks.join_next_with_id().await {
                 self.finished(joined).await;
             }
+            let left: Vec<String> = std::mem::take(
+                &mut *self
+                    .ctx
+                    .in_flight
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            )
+            .into_iter()
+            .collect();
+            let reports = left.into_iter().map(|name| {
+                let spec = self.jobs.get(&name).map(|s| Arc::clone(&s.spec));
+                let span = tracing::info_span!("run", job = %name, trigger = "shutdown");
+                abandoned(Arc::clone(&self.ctx), spec, name).instrument(span)
+            });
+            futures_util::future::join_all(reports).await;
         }
     }
 }
@@ -525,16 +575,19 @@ async fn run_job(
             return name;
         }
     };
-    let Ok(_permit) = permit else {
+    let Ok(permit) = permit else {
         return name;
     };
     let start = ctx.clock.now();
+    super::run_log::clear(&name);
     tracing::info!("run started");
     ctx.store
         .update(&name, start, |job| job.last_start = Some(start))
         .await;
     ctx.notifier.started(&name, &spec.notify).await;
+    set_in_flight(&ctx, &name, true);
     let outcome = run_with_hooks(&ctx, &spec, &cancel).await;
+    set_in_flight(&ctx, &name, false);
     if let Some(snapshot) = &outcome.snapshot {
         tracing::Span::current().record("snapshot", snapshot.as_str());
     }
@@ -543,8 +596,52 @@ async fn run_job(
     ctx.store
         .update(&name, end, |job| job.record(&outcome, end))
         .await;
+    // Notifications do not touch the NAS: the next queued job may start.
+    drop(permit);
     ctx.notifier.finished(&name, &spec.notify, &outcome).await;
     name
+}
+
+fn set_in_flight(ctx: &RunContext, job: &str, on: bool) {
+    let mut set = ctx
+        .in_flight
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match on {
+        true => set.insert(job.to_owned()),
+        false => set.remove(job),
+    };
+}
+
+/// After a run of `name` was aborted at shutdown: lets the runner clean up
+/// what it left, then records and reports the run as failed.
+async fn abandoned(ctx: Arc<RunContext>, spec: Option<Arc<JobSpec>>, name: String) {
+    tracing::warn!("run abandoned at the end of the grace period; cleaning up");
+    match tokio::time::timeout(ABANDON_CLEANUP, ctx.runner.clean_up_abandoned(&name)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(error, "could not clean up the abandoned run"),
+        Err(_) => tracing::warn!(
+            timeout_s = ABANDON_CLEANUP.as_secs(),
+            "cleaning up the abandoned run timed out"
+        ),
+    }
+    let end = ctx.clock.now();
+    let mut outcome = RunOutcome::failed(ABANDONED, false);
+    if let Some(start) = ctx.store.job(&name).last_start {
+        outcome = outcome.with_duration((end - start).to_std().unwrap_or_default());
+    }
+    log_outcome(&outcome);
+    ctx.store
+        .update(&name, end, |job| job.record(&outcome, end))
+        .await;
+    let Some(spec) = spec else { return };
+    let report = async {
+        after_hooks(&spec, &outcome).await;
+        ctx.notifier.finished(&name, &spec.notify, &outcome).await;
+    };
+    if tokio::time::timeout(ABANDON_REPORT, report).await.is_err() {
+        tracing::warn!("reporting the abandoned run timed out");
+    }
 }
 
 fn log_outcome(outcome: &RunOutcome) {
@@ -574,8 +671,15 @@ async fn run_with_hooks(
     let hooks = &spec.hooks;
     if let Some(before) = &hooks.before {
         let env = hook_env(&spec.name, None);
-        if let Err(error) =
-            run_hook(HookKind::Before, &spec.name, before, &env, hooks.timeout).await
+        if let Err(error) = run_hook_until(
+            HookKind::Before,
+            &spec.name,
+            before,
+            &env,
+            hooks.timeout,
+            cancel,
+        )
+        .await
         {
             let outcome = RunOutcome::failed(error.to_string(), false);
             after_hooks(spec, &outcome).await;

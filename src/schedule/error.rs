@@ -84,6 +84,14 @@ pub enum Error {
         /// The timeout that was exceeded.
         timeout: Duration,
     },
+    /// A hook command was killed because the daemon is stopping.
+    #[error("job {job}: {hook} hook was killed because the daemon is stopping")]
+    HookCancelled {
+        /// The job name.
+        job: String,
+        /// Which hook.
+        hook: &'static str,
+    },
     /// The HTTP client for notifications could not be built.
     #[error("build the notification HTTP client")]
     HttpClient {

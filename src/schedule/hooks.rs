@@ -4,13 +4,16 @@
 //! standard input closed, and these environment variables:
 //! `SYNBACK_JOB`, `SYNBACK_STATUS` (`ok`, `partial`, `failed`; empty for
 //! `before`), `SYNBACK_SNAPSHOT` (empty when none) and `SYNBACK_BYTES`
-//! (bytes stored). A hook that outlives its timeout is killed together with
-//! its process group. The hook counts as running until its standard output
+//! (bytes stored). A hook that outlives its timeout, or is still running
+//! when the daemon stops, is killed together with its process group (also
+//! when its future is dropped). The hook counts as running until its standard output
 //! and error are closed, so a command that starts a background service
 //! should redirect that service's output.
 
 use std::process::Stdio;
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use super::{Error, RunOutcome};
 
@@ -67,14 +70,33 @@ pub fn hook_env(job: &str, outcome: Option<&RunOutcome>) -> Vec<(&'static str, S
 /// standard error), [`Error::HookTimeout`] when it was killed.
 ///
 /// # Cancel safety
-/// Dropping the future kills the shell.
-#[tracing::instrument(skip_all, fields(job = %job, hook = kind.as_str()))]
+/// Dropping the future kills the shell and its process group.
 pub async fn run_hook(
     kind: HookKind,
     job: &str,
     command: &str,
     env: &[(&'static str, String)],
     timeout: Duration,
+) -> Result<(), Error> {
+    run_hook_until(kind, job, command, env, timeout, &CancellationToken::new()).await
+}
+
+/// Like [`run_hook`], and kills the hook with its process group as soon as
+/// `cancel` is cancelled.
+///
+/// # Errors
+/// As [`run_hook`], and [`Error::HookCancelled`] when `cancel` ended it.
+///
+/// # Cancel safety
+/// Dropping the future kills the shell and its process group.
+#[tracing::instrument(skip_all, fields(job = %job, hook = kind.as_str()))]
+pub async fn run_hook_until(
+    kind: HookKind,
+    job: &str,
+    command: &str,
+    env: &[(&'static str, String)],
+    timeout: Duration,
+    cancel: &CancellationToken,
 ) -> Result<(), Error> {
     let hook = kind.as_str();
     let spawn_error = |source| Error::HookSpawn {
@@ -94,8 +116,17 @@ pub async fn run_hook(
         .spawn()
         .map_err(spawn_error)?;
     let pid = child.id();
+    let mut group = GroupGuard(pid);
     let started = tokio::time::Instant::now();
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+    let waited = tokio::select! {
+        waited = tokio::time::timeout(timeout, child.wait_with_output()) => waited,
+        () = cancel.cancelled() => {
+            kill_group(group.disarm()).await;
+            return Err(Error::HookCancelled { job: job.to_owned(), hook });
+        }
+    };
+    group.disarm();
+    match waited {
         Ok(Ok(output)) if output.status.success() => {
             tracing::debug!(elapsed_ms = started.elapsed().as_millis(), "hook done");
             Ok(())
@@ -114,6 +145,32 @@ pub async fn run_hook(
                 hook,
                 timeout,
             })
+        }
+    }
+}
+
+/// Kills the hook's process group when dropped armed (the hook's future was
+/// dropped while it ran), so commands the shell started do not outlive it.
+struct GroupGuard(Option<u32>);
+
+impl GroupGuard {
+    /// Takes the pid out: nothing is killed on drop any more.
+    fn disarm(&mut self) -> Option<u32> {
+        self.0.take()
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        let Some(pid) = self.0 else { return };
+        let result = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if let Err(error) = result {
+            tracing::warn!(error = %error, pid, "could not kill the hook's process group");
         }
     }
 }

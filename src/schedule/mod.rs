@@ -22,6 +22,7 @@
 //!   "backup now" button.
 //! - [`status`]: the `status.json` file, its reader and a human formatter.
 //! - [`http`]: `/healthz`, `/metrics`, a status page and "run now".
+//! - [`run_log`]: the tail of each run's log, for the `/fail` ping.
 //! - [`signals`]: SIGTERM/SIGINT stop, SIGHUP reloads (Unix).
 //!
 //! Time is injected through [`Clock`] for wall-clock decisions, while every
@@ -73,13 +74,14 @@ pub mod mqtt;
 pub mod notify;
 mod retry;
 #[cfg(unix)]
+pub mod run_log;
 pub mod signals;
 pub mod status;
 mod types;
 
 pub use cron_time::{interval, next_after};
 
-pub use daemon::{DaemonControl, DaemonHandle, Reload, run};
+pub use daemon::{DaemonControl, DaemonHandle, Reload, check_jobs, run};
 pub use error::Error;
 pub use retry::RetryPolicy;
 pub use status::{JobStatus, StatusFile, format_status, read_status};

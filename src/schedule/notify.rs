@@ -123,7 +123,20 @@ impl Notifier {
             self.client.post(base)
         } else {
             let error = outcome.error.as_deref().unwrap_or("failed");
-            let body = super::hooks::tail(error.as_bytes(), FAIL_BODY_TAIL);
+            let log = super::run_log::tail(job);
+            let text = match log.is_empty() {
+                true => error.to_owned(),
+                false => format!("{error}\n\nlog of the run:\n{log}"),
+            };
+            // The end of the log, but always the error.
+            let body = match text.len() > FAIL_BODY_TAIL {
+                true => format!(
+                    "{}\n\n...\n{}",
+                    super::hooks::tail(error.as_bytes(), FAIL_BODY_TAIL / 4),
+                    super::hooks::tail(log.as_bytes(), FAIL_BODY_TAIL / 2)
+                ),
+                false => text,
+            };
             self.client.post(format!("{base}/fail")).body(body)
         };
         self.send(job, "healthchecks result", request).await;

@@ -61,7 +61,8 @@ pub struct JobStatus {
     /// When the job runs next.
     #[serde(default, with = "rfc3339")]
     pub next_run: Option<DateTime<Utc>>,
-    /// True while a run is queued or in progress.
+    /// True while a run is queued, in progress or sending its
+    /// notifications: a "run now" is skipped exactly while this is true.
     pub running: bool,
     /// Finished runs (after retries, one per scheduled run).
     pub runs: u64,
@@ -76,13 +77,14 @@ pub struct JobStatus {
 }
 
 impl JobStatus {
-    /// Records the end of a run.
+    /// Records the end of a run. `running` stays as it is: the daemon
+    /// clears it once the run's notifications are sent and its task is
+    /// reaped, when a new run can start.
     pub fn record(&mut self, outcome: &RunOutcome, end: DateTime<Utc>) {
         self.last_end = Some(end);
         self.last_status = Some(outcome.status);
         self.last_error.clone_from(&outcome.error);
         self.last_duration_s = Some(outcome.duration.as_secs_f64());
-        self.running = false;
         self.runs += 1;
         self.bytes_read += outcome.bytes_read;
         self.bytes_stored += outcome.bytes_stored;

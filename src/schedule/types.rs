@@ -172,10 +172,23 @@ impl RunOutcome {
 /// `cancel` at safe points (finishing or abandoning the current upload and
 /// removing its partial), and report every error through [`RunOutcome`].
 /// A run that ignores `cancel` past the daemon's grace period is dropped
-/// (aborted), so the returned future should also be safe to drop.
+/// (aborted, which abandons its in-flight request), then
+/// [`JobRunner::clean_up_abandoned`] is called for it.
 pub trait JobRunner: Send + Sync + 'static {
     /// Runs `job` once.
     fn run(&self, job: &str, cancel: CancellationToken) -> BoxFuture<'static, RunOutcome>;
+
+    /// Removes what a dropped run of `job` left behind (partial uploads,
+    /// its lock) and ends its sessions. Called at shutdown, under a short
+    /// timeout, for runs that outlived the grace period. The default does
+    /// nothing.
+    ///
+    /// # Errors
+    /// A description of what could not be cleaned up, for the log.
+    fn clean_up_abandoned(&self, job: &str) -> BoxFuture<'static, Result<(), String>> {
+        let _ = job;
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Shell commands run around a job. The default has no hooks and a

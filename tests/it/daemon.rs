@@ -247,6 +247,157 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Waits until an upload of more than 64 KiB is under way in `job_dir`.
+async fn wait_upload(child: &mut Child, stderr: &Path, job_dir: &Path) {
+    let started = Instant::now();
+    loop {
+        let uploading = files_under(job_dir).iter().any(|p| {
+            p.to_string_lossy().contains("@synoupload-")
+                && std::fs::metadata(job_dir.join(p)).is_ok_and(|m| m.len() > 64 * 1024)
+        });
+        if uploading {
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "daemon exited early ({status}): {}",
+                std::fs::read_to_string(stderr).unwrap()
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no upload started: {}",
+            std::fs::read_to_string(stderr).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Asserts that `job_dir` holds no partial, lock, upload temp file or
+/// manifest.
+fn assert_nothing_left(job_dir: &Path, log: &str) {
+    let left = files_under(job_dir);
+    assert!(
+        left.iter().all(|p| {
+            let name = p.to_string_lossy();
+            !name.ends_with(".partial") && !name.ends_with(".lock") && !name.contains("@synoupload")
+        }),
+        "left on the NAS: {left:?}\n{log}"
+    );
+    assert!(
+        !left
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(".manifest.json")),
+        "a cancelled run must not commit a snapshot: {left:?}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_past_the_grace_period_abandons_the_upload_cleans_up_and_reports() {
+    let (url, seen, server) = recorder().await;
+    let world = World::new(&format!(
+        "schedule = \"0 0 1 1 *\"\n[job.notify]\nwebhook = \"{url}/hook\"\n\
+         [daemon]\ncatch_up = true\nshutdown_grace = \"1s\"\n"
+    ))
+    .await;
+    // 8 MiB that zstd cannot shrink, sent at 256 KiB/s: about 32 s of
+    // upload, far past the 1 s grace period (and more than the socket
+    // buffers can hold, so the NAS never gets the whole body).
+    let mut noise = vec![0u8; 8 << 20];
+    rand::fill(&mut noise[..]);
+    std::fs::write(world.source.join("noise.bin"), noise).unwrap();
+    world
+        .nas
+        .faults()
+        .update(|f| f.slow_kib_per_sec = Some(256));
+    let stderr = world.dir.path().join("daemon.log");
+    let mut child = spawn_daemon(&world.config_path, &stderr);
+    let job_dir = world.job_dir();
+    wait_upload(&mut child, &stderr, &job_dir).await;
+    let term_at = world.nas.request_log().len();
+    signal(&child, "-TERM");
+    let sent = Instant::now();
+    let status = wait_exit(&mut child, Duration::from_secs(40)).await;
+    let took = sent.elapsed();
+    let log = std::fs::read_to_string(&stderr).unwrap();
+    eprintln!("daemon stopped {took:?} after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{log}");
+    // Well before the upload could have finished.
+    assert!(took < Duration::from_secs(10), "{took:?}\n{log}");
+    assert!(log.contains("abandoned"), "{log}");
+
+    // The daemon removed its lock (and any partial) before it exited.
+    let left = files_under(&job_dir);
+    assert!(
+        left.iter().all(|p| {
+            let name = p.to_string_lossy();
+            !name.ends_with(".partial") && !name.ends_with(".lock")
+        }),
+        "left on the NAS: {left:?}\n{log}"
+    );
+    // The NAS drops its temporary file of the broken upload once it has
+    // read what was still buffered of the body (slowly: it reads at
+    // 256 KiB/s); the upload must not complete.
+    let gone = Instant::now();
+    while files_under(&job_dir)
+        .iter()
+        .any(|p| p.to_string_lossy().contains("@synoupload"))
+    {
+        assert!(
+            gone.elapsed() < Duration::from_secs(60),
+            "{:?}",
+            files_under(&job_dir)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("upload temp file gone {:?} after the exit", gone.elapsed());
+    assert_nothing_left(&job_dir, &log);
+    let after: Vec<_> = world.nas.request_log().into_iter().skip(term_at).collect();
+    assert!(
+        after
+            .iter()
+            .any(|r| r.api.as_deref() == Some("SYNO.API.Auth")
+                && r.method.as_deref() == Some("logout")),
+        "no logout after SIGTERM: {after:?}"
+    );
+    // Every session was logged out: the abandoned run's and the cleanup's.
+    let auth = |method: &str| {
+        world
+            .nas
+            .request_log()
+            .iter()
+            .filter(|r| {
+                r.api.as_deref() == Some("SYNO.API.Auth") && r.method.as_deref() == Some(method)
+            })
+            .count()
+    };
+    assert_eq!(auth("login"), 2, "{:?}", world.nas.request_log());
+    assert_eq!(auth("logout"), 2, "{:?}", world.nas.request_log());
+    let status = read_status(&world.config().state_dir).unwrap();
+    let home = &status.jobs["home"];
+    assert!(!home.running);
+    assert_eq!(
+        home.last_status,
+        Some(schedule::RunStatus::Failed),
+        "{home:?}"
+    );
+    assert!(
+        home.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("abandoned")),
+        "{home:?}"
+    );
+    // The failure was reported.
+    let hooks = wait_requests(&seen, 1).await;
+    server.abort();
+    let body: serde_json::Value = serde_json::from_str(&hooks[0].body).unwrap();
+    assert_eq!(body["status"], "failed", "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("abandoned"),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn sigterm_during_an_upload_leaves_no_partial_no_lock_and_logs_out() {
     let world = World::new("schedule = \"0 0 1 1 *\"\n[daemon]\ncatch_up = true\n").await;
@@ -264,28 +415,7 @@ async fn sigterm_during_an_upload_leaves_no_partial_no_lock_and_logs_out() {
     // catch_up starts the never-run job at once; wait for its upload to be
     // under way on the NAS.
     let job_dir = world.job_dir();
-    let started = Instant::now();
-    loop {
-        let uploading = files_under(&job_dir).iter().any(|p| {
-            p.to_string_lossy().contains("@synoupload-")
-                && std::fs::metadata(job_dir.join(p)).is_ok_and(|m| m.len() > 64 * 1024)
-        });
-        if uploading {
-            break;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "daemon exited early ({status}): {}",
-                std::fs::read_to_string(&stderr).unwrap()
-            );
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no upload started: {}",
-            std::fs::read_to_string(&stderr).unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_upload(&mut child, &stderr, &job_dir).await;
     let term_at = world.nas.request_log().len();
     signal(&child, "-TERM");
     let sent = Instant::now();
@@ -297,20 +427,7 @@ async fn sigterm_during_an_upload_leaves_no_partial_no_lock_and_logs_out() {
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(took < Duration::from_secs(20), "{took:?}");
 
-    let left = files_under(&job_dir);
-    assert!(
-        left.iter().all(|p| {
-            let name = p.to_string_lossy();
-            !name.ends_with(".partial") && !name.ends_with(".lock") && !name.contains("@synoupload")
-        }),
-        "left on the NAS: {left:?}\n{log}"
-    );
-    assert!(
-        !left
-            .iter()
-            .any(|p| p.to_string_lossy().ends_with(".manifest.json")),
-        "a cancelled run must not commit a snapshot: {left:?}"
-    );
+    assert_nothing_left(&job_dir, &log);
     let after: Vec<_> = world.nas.request_log().into_iter().skip(term_at).collect();
     assert!(
         after
@@ -326,6 +443,202 @@ async fn sigterm_during_an_upload_leaves_no_partial_no_lock_and_logs_out() {
         home.last_status,
         Some(schedule::RunStatus::Failed),
         "{home:?}"
+    );
+}
+
+#[tokio::test]
+async fn daemon_log_format_json_from_the_config_puts_job_and_snapshot_in_the_run_span() {
+    let world =
+        World::new("schedule = \"0 0 1 1 *\"\n[daemon]\ncatch_up = true\nlog_format = \"json\"\n")
+            .await;
+    let stderr = world.dir.path().join("daemon.log");
+    let mut child = spawn_daemon(&world.config_path, &stderr);
+    let state = world.config().state_dir;
+    let started = Instant::now();
+    while !read_status(&state).is_ok_and(|s| s.jobs.get("home").is_some_and(|j| j.runs >= 1)) {
+        assert!(started.elapsed() < Duration::from_secs(60), "no run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal(&child, "-TERM");
+    wait_exit(&mut child, Duration::from_secs(30)).await;
+    let log = std::fs::read_to_string(&stderr).unwrap();
+    let status = read_status(&state).unwrap();
+    let snapshot = status.jobs["home"].last_snapshot.clone().unwrap();
+    // Every log line is a JSON object (the config notes before logging
+    // starts are plain text and say "note:").
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.starts_with("note:"))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    // Each event of the backup, from the lock on, is inside a span that
+    // names the job and the snapshot.
+    let stored: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["fields"]["message"] == "volume stored and verified")
+        .collect();
+    assert!(!stored.is_empty(), "{log}");
+    for event in stored {
+        let spans = event["spans"].as_array().unwrap();
+        assert!(
+            spans
+                .iter()
+                .any(|s| s["job"] == "home" && s["snapshot"] == snapshot.as_str()),
+            "{event}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn retry_bounds_whole_runs_and_requests_are_not_retried_as_often_again() {
+    let world = World::new("schedule = \"0 0 1 1 *\"\n[daemon]\ncatch_up = false\n").await;
+    // max_attempts = 6 from the test config: six runs at most.
+    let config = world.config();
+    assert_eq!(config.retry.max_attempts, 6);
+    let state = config.state_dir.clone();
+    let (settings, jobs) = plan(&config);
+    let runner = AgentRunner::from_config(config);
+    // A NAS behind a proxy that answers every request with 502.
+    world.nas.faults().update(|f| f.http_502_every = Some(1));
+    let (control, handle) = DaemonControl::new();
+    let daemon = tokio::spawn(schedule::run(
+        settings,
+        jobs,
+        Arc::new(runner),
+        Arc::new(SystemClock),
+        control,
+    ));
+    let status = run_once(&handle, &state, "home", 1).await;
+    handle.shutdown();
+    daemon.await.unwrap().unwrap();
+    assert_eq!(status.last_status, Some(schedule::RunStatus::Failed));
+    let requests = world.nas.request_log().len();
+    // Six runs, each request of which is tried three times at most: not
+    // six times six.
+    let most = 6 * (synback::daemon::REQUEST_RETRIES as usize + 1);
+    eprintln!("{requests} requests for one scheduled run against a NAS answering 502");
+    assert!(
+        (6..=most).contains(&requests),
+        "{requests} requests, expected 6..={most}"
+    );
+}
+
+/// `synback status` (and `--json`) on `config`: exit code, stdout and
+/// stderr.
+fn synback_status(config: &Path, json: bool) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_synback"));
+    cmd.arg("--config").arg(config).arg("status");
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.env_remove("SYNBACK_CONFIG").output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn synback_status_prints_each_jobs_last_and_next_run_from_the_status_file() {
+    let world = World::new("schedule = \"0 0 1 1 *\"\n").await;
+    let state = world.config().state_dir;
+    let (code, out, err) = synback_status(&world.config_path, false);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("no jobs have run yet"), "{out}");
+
+    let at = |s: &str| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let mut status = schedule::StatusFile::default();
+    status.version = 1;
+    let mut home = JobStatus::default();
+    home.record(
+        &schedule::RunOutcome::ok("home-20260101T020000Z", 10, 5),
+        at("2026-01-01T02:00:09Z"),
+    );
+    home.last_start = Some(at("2026-01-01T02:00:00Z"));
+    home.record(
+        &schedule::RunOutcome::failed("NAS unreachable: connection refused", true),
+        at("2026-01-02T02:00:03Z"),
+    );
+    home.next_run = Some(at("2099-01-03T02:00:00Z"));
+    status.jobs.insert("home".into(), home);
+    status.jobs.insert("etc".into(), JobStatus::default());
+    schedule::status::write_status(&state, &status).unwrap();
+
+    let (code, out, err) = synback_status(&world.config_path, false);
+    assert_eq!(code, Some(0), "{out}{err}");
+    for expected in [
+        "home: failed",
+        "last run:      2026-01-01 02:00:00 UTC (",
+        "last success:  2026-01-01 02:00:09 UTC (",
+        "next run:      2099-01-03 02:00:00 UTC (in ",
+        "last snapshot: home-20260101T020000Z",
+        "last error:    NAS unreachable: connection refused",
+        "runs: 2, failures: 1, skipped: 0, stored: 5 bytes",
+        "etc: never run",
+    ] {
+        assert!(out.contains(expected), "{expected:?} missing in:\n{out}");
+    }
+
+    let (code, out, err) = synback_status(&world.config_path, true);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let parsed: schedule::StatusFile = serde_json::from_str(&out).unwrap();
+    assert_eq!(parsed, status);
+
+    // A corrupt status file is an error that names it.
+    std::fs::write(state.join("status.json"), "{not json").unwrap();
+    let (code, out, err) = synback_status(&world.config_path, false);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("status.json"), "{err}");
+}
+
+#[tokio::test]
+async fn the_fail_ping_carries_the_tail_of_the_runs_log() {
+    let (url, seen, server) = recorder().await;
+    let world = World::new(&format!(
+        "schedule = \"0 0 1 1 *\"\n[job.notify]\nhealthchecks = \"{url}/ping/tailed\"\n\
+         [daemon]\ncatch_up = true\n"
+    ))
+    .await;
+    // The NAS is nearly full: the run fails after it took the lock.
+    world
+        .nas
+        .faults()
+        .update(|f| f.quota_bytes = Some(16 * 1024));
+    let stderr = world.dir.path().join("daemon.log");
+    let mut child = spawn_daemon(&world.config_path, &stderr);
+    let pings = wait_requests(&seen, 2).await;
+    signal(&child, "-TERM");
+    wait_exit(&mut child, Duration::from_secs(30)).await;
+    server.abort();
+    let fail = pings
+        .iter()
+        .find(|r| r.path == "/ping/tailed/fail")
+        .unwrap_or_else(|| panic!("{pings:?}"));
+    let error = read_status(&world.config().state_dir).unwrap().jobs["home"]
+        .last_error
+        .clone()
+        .unwrap();
+    let (sent_error, log) = fail
+        .body
+        .split_once("\n\nlog of the run:\n")
+        .unwrap_or_else(|| panic!("no log in {:?}", fail.body));
+    assert_eq!(sent_error, error);
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines[0].contains("INFO run started"), "{log}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("lock taken") && l.contains("snapshot=")),
+        "{log}"
+    );
+    assert!(
+        lines.last().unwrap().contains("WARN run did not succeed"),
+        "{log}"
     );
 }
 
@@ -392,6 +705,60 @@ async fn sighup_reloads_a_good_config_and_keeps_running_on_a_bad_one() {
     );
 }
 
+#[tokio::test]
+async fn a_reload_the_daemon_rejects_leaves_the_running_agent_alone() {
+    let world = World::new("schedule = \"*/2 * * * * *\"\n[daemon]\ncatch_up = false\n").await;
+    let state = world.config().state_dir;
+    let stderr = world.dir.path().join("daemon.log");
+    let mut child = spawn_daemon(&world.config_path, &stderr);
+    let ok_runs = || {
+        read_status(&state)
+            .ok()
+            .and_then(|s| s.jobs.get("home").cloned())
+            .filter(|j| j.last_status == Some(schedule::RunStatus::Ok))
+            .map_or(0, |j| j.runs)
+    };
+    let (ok_runs, stderr_ref) = (&ok_runs, &stderr);
+    let wait_ok_runs = |n: u64| async move {
+        let start = Instant::now();
+        while ok_runs() < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no successful run {n}: {}",
+                std::fs::read_to_string(stderr_ref).unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    };
+    wait_ok_runs(1).await;
+
+    // It parses, but its schedule never fires again (the daemon refuses
+    // it), and its NAS is somewhere nothing listens: had the loader
+    // swapped the agent anyway, the next runs would fail.
+    let text = std::fs::read_to_string(&world.config_path)
+        .unwrap()
+        .replace(&world.nas.url(), "http://127.0.0.1:9")
+        .replace("*/2 * * * * *", "0 0 0 1 1 * 2020");
+    std::fs::write(&world.config_path, text).unwrap();
+    signal(&child, "-HUP");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&stderr)
+        .unwrap()
+        .contains("new configuration rejected")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no rejection logged"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let before = ok_runs();
+    wait_ok_runs(before + 2).await;
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0));
+}
+
 // ------------------------------------------------------------------- soak
 
 /// SplitMix64: a seeded, dependency-free pseudo-random sequence.
@@ -452,34 +819,29 @@ fn random_faults(rng: &mut Rng, nas: &synback::emulator::Emulator) -> &'static s
     }
 }
 
-/// Asks for run number `run` of `job` and waits for it. The status file
-/// shows a run finished a moment before the daemon reaps its task, so a
-/// request in that moment is skipped ("still running"): ask again then.
+/// Asks for run number `run` of `job` once and waits for it. The previous
+/// run shows as finished only once the daemon can start the next, so the
+/// request is never skipped.
 async fn run_once(handle: &schedule::DaemonHandle, state: &Path, job: &str, run: u64) -> JobStatus {
     let current = || {
         read_status(state)
             .ok()
             .and_then(|s| s.jobs.get(job).cloned())
     };
+    let skipped = current().map_or(0, |j| j.skipped);
+    handle.run_now(job).await;
+    let start = Instant::now();
     loop {
-        let skipped = current().map_or(0, |j| j.skipped);
-        handle.run_now(job).await;
-        let start = Instant::now();
-        loop {
-            if let Some(status) = current() {
-                if status.runs >= run && !status.running {
-                    return status;
-                }
-                if status.skipped > skipped {
-                    break;
-                }
+        if let Some(status) = current() {
+            assert_eq!(status.skipped, skipped, "{job} run {run} was skipped");
+            if status.runs >= run && !status.running {
+                return status;
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "{job} run {run} never finished"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{job} run {run} never finished"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -562,7 +924,9 @@ async fn drive(
 /// 200 runs of eight jobs (25 each, all at once; a job's runs are at least
 /// a second apart, see `AgentRunner`) through the daemon's run
 /// path (`run_now`, retries, status, notifications) with `AgentRunner`
-/// against the emulator, a random fault before each run from a fixed seed.
+/// against the emulator, a random fault before each run from a fixed seed,
+/// while a ninth job runs every 3 s on its own schedule. What is left on
+/// the NAS is checked before any clean run (which would remove it).
 /// Run by the test above in its own process.
 #[tokio::test]
 #[ignore = "run in a child process by soak_200_runs_against_the_emulator_with_random_faults"]
@@ -570,6 +934,7 @@ async fn soak_body() {
     const PER_JOB: u64 = 25;
     const WARM_UP: u64 = 8;
     const JOBS: [&str; 8] = ["home", "j1", "j2", "j3", "j4", "j5", "j6", "j7"];
+    const CRON: &str = "cron";
     let (url, seen, server) = recorder().await;
     // The default stale_after (6 h): a lock left by a run whose release
     // failed must be taken over by the next run of the same process.
@@ -581,7 +946,13 @@ async fn soak_body() {
              path = \"pc\"\nschedule = \"0 0 1 1 *\"\n{job_tables}"
         );
     }
-    extra += "[notify]\nwebhook = \"URL/hook\"\n[daemon]\ncatch_up = false\nmax_parallel = 8\n";
+    // One more job runs on its own schedule (every 3 s, the 6-field form),
+    // so the daemon's cron path also runs against the faulty NAS.
+    extra += &format!(
+        "[[job]]\nname = \"{CRON}\"\nsources = [\"SOURCE\"]\nshare = \"backup\"\n\
+         path = \"pc\"\nschedule = \"*/3 * * * * *\"\n{job_tables}"
+    );
+    extra += "[notify]\nwebhook = \"URL/hook\"\n[daemon]\ncatch_up = false\nmax_parallel = 9\n";
     let world = World::new(&extra).await;
     // A small tree keeps 200 runs quick.
     std::fs::remove_file(world.source.join("noise.bin")).unwrap();
@@ -600,7 +971,7 @@ async fn soak_body() {
     let config = world.config();
     let state = config.state_dir.clone();
     let (settings, jobs) = plan(&config);
-    assert_eq!(jobs.len(), JOBS.len());
+    assert_eq!(jobs.len(), JOBS.len() + 1);
     let runner = AgentRunner::new(Agent::new(config));
     let (control, handle) = DaemonControl::new();
     let daemon = tokio::spawn(schedule::run(
@@ -637,6 +1008,37 @@ async fn soak_body() {
     world.nas.faults().clear();
     let status = read_status(&state).unwrap();
 
+    // Before any clean run (each run starts by removing what interrupted
+    // runs left): whatever is left over on the NAS belongs to failures that
+    // were reported, at most one snapshot id per reported failure.
+    let agent = world.agent();
+    for job in JOBS {
+        let listing = agent.snapshots(job).await.unwrap();
+        let ids: std::collections::BTreeSet<String> = listing
+            .partials
+            .iter()
+            .map(|p| p.id.to_string())
+            .chain(listing.orphans.iter().map(|o| o.id.to_string()))
+            .collect();
+        let s = &status.jobs[job];
+        eprintln!(
+            "soak: {job} on the NAS after its faulted runs: {} snapshots, {} leftover ids, lock {}; {} failures",
+            listing.snapshots.len(),
+            ids.len(),
+            listing.lock.is_some(),
+            s.failures
+        );
+        assert!(
+            (ids.len() as u64) <= s.failures,
+            "{job}: leftovers {ids:?} but {} reported failures",
+            s.failures
+        );
+        if s.last_status == Some(schedule::RunStatus::Ok) {
+            let last = s.last_snapshot.as_deref().unwrap();
+            assert!(!ids.contains(last), "{job}: a successful run left {last}");
+        }
+    }
+
     // A final clean run of each (in a new second, so that its snapshot id
     // is new), then nothing may be left over on the NAS.
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -646,12 +1048,32 @@ async fn soak_body() {
     }
     handle.shutdown();
     daemon.await.unwrap().unwrap();
+    let cron = read_status(&state).unwrap().jobs[CRON].clone();
     let hooks = wait_requests(
         &seen,
-        usize::try_from(JOBS.len() as u64 * (PER_JOB + 1)).unwrap(),
+        usize::try_from(JOBS.len() as u64 * (PER_JOB + 1) + cron.runs).unwrap(),
     )
     .await;
     server.abort();
+    let cron_hooks = hooks
+        .iter()
+        .filter(|h| h.body.contains("\"job\":\"cron\""))
+        .count();
+    let hooks: Vec<_> = hooks
+        .into_iter()
+        .filter(|h| !h.body.contains("\"job\":\"cron\""))
+        .collect();
+    eprintln!(
+        "soak: {CRON} (every 3 s) ran {} times by its schedule, {} failed, {} fire times skipped",
+        cron.runs, cron.failures, cron.skipped
+    );
+    // Every scheduled run of the cron job was reported.
+    assert!(
+        cron.runs >= elapsed.as_secs() / 3 / 2,
+        "{cron:?} in {elapsed:?}"
+    );
+    assert_eq!(cron_hooks as u64, cron.runs, "{cron:?}");
+    assert!(!cron.running);
 
     let tally = tally.into_inner().unwrap();
     // The two cause rows count failures already counted under their fault.
@@ -713,7 +1135,6 @@ async fn soak_body() {
     assert_eq!(total_failed, failures);
     assert!(failures > 0 && failures < runs, "{tally:?}");
     // Nothing leaked on the NAS.
-    let agent = world.agent();
     for job in JOBS {
         let listing = agent.snapshots(job).await.unwrap();
         eprintln!(
@@ -728,6 +1149,13 @@ async fn soak_body() {
         assert!(listing.lock.is_none(), "{job}");
         assert_eq!(listing.snapshots.len(), 3, "{job}: keep_last = 3");
     }
+    let listing = agent.snapshots(CRON).await.unwrap();
+    let leftovers = listing.partials.len() + listing.orphans.len();
+    assert!(
+        leftovers as u64 <= cron.failures,
+        "{CRON}: {leftovers} leftovers, {} failures",
+        cron.failures
+    );
     let temp: Vec<_> = files_under(&world.nas.share_path("backup"))
         .into_iter()
         .filter(|p| p.to_string_lossy().contains("@synoupload"))
@@ -740,6 +1168,13 @@ async fn soak_body() {
         end.0 <= warm.0 + 24 * 1024,
         "VmRSS grew from {} kB to {} kB",
         warm.0,
+        end.0
+    );
+    // The last 72 runs: a leak of 150 KiB per run (less than one upload
+    // chunk in flight) would show.
+    assert!(
+        end.0 <= middle + 10 * 1024,
+        "VmRSS grew from {middle} kB to {} kB over the last runs",
         end.0
     );
     // A few sockets (HTTP keep-alive on both ends, in this process) may be

@@ -254,9 +254,10 @@ fn progress_of(events: &[Event]) -> Vec<Progress> {
         .collect()
 }
 
-/// A backup estimates its total from the previous snapshot (there is none
-/// on the first run) and reports an ETA; a restore reports progress
-/// against the snapshot's size down to an ETA of zero; a verify says so.
+/// A backup learns its input total from the scan ahead of the pack (on
+/// the first run too) and what it will store from the previous snapshot,
+/// and reports an ETA; a restore reports progress against the snapshot's
+/// size down to an ETA of zero; a verify says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_carries_totals_and_an_eta() {
     let world = World::new("volume_size = \"1MiB\"").await;
@@ -268,10 +269,15 @@ async fn progress_carries_totals_and_an_eta() {
     let progress = progress_of(&drain(&mut rx));
     assert!(!progress.is_empty());
     assert!(
+        progress.iter().all(|p| p.total_transferred.is_none()),
+        "a first run has no previous snapshot to estimate its upload from: {progress:?}"
+    );
+    assert!(
         progress
             .iter()
-            .all(|p| p.total_bytes.is_none() && p.total_transferred.is_none() && p.eta.is_none()),
-        "a first run has nothing to estimate from: {progress:?}"
+            .all(|p| p.total_bytes.is_none_or(|t| t == first.bytes_read))
+            && progress.iter().any(|p| p.total_bytes.is_some()),
+        "the scan ahead of the pack knows the input: {progress:?}"
     );
     let first_stored = agent.snapshots("home").await.unwrap().snapshots[0].archive_size();
 

@@ -91,6 +91,17 @@ pub enum FaultAction {
     /// Uploads: store the file with one byte flipped, after answering
     /// success. Downloads: serve it with one byte flipped.
     Corrupt,
+    /// Downloads: announce the whole file's length, send this many of its
+    /// bytes, then cut the connection (a link that dies mid-transfer).
+    /// Other calls are served normally.
+    CutAfter(u64),
+    /// Downloads: send the file followed by this many extra bytes, the
+    /// longer length announced (a NAS whose file grew, or a hostile one).
+    /// Other calls are served normally.
+    Longer(u64),
+    /// Downloads: send the file, then filler bytes for ever, with no
+    /// length announced (chunked). Other calls are served normally.
+    Endless,
 }
 
 /// A fault aimed at particular calls: it hits the `nth` call (1-based)

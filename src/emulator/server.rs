@@ -354,8 +354,8 @@ async fn dispatch(
     if let Some(token) = call.params.string("SynoToken") {
         call.creds.token = Some(token);
     }
-    let corrupt = match aimed_faults(shared, call, file.as_mut(), rec).await {
-        Ok(corrupt) => corrupt,
+    let tamper = match aimed_faults(shared, call, file.as_mut(), rec).await {
+        Ok(tamper) => tamper,
         Err(response) => return response,
     };
     let checked = check_call(shared, call);
@@ -375,13 +375,15 @@ async fn dispatch(
         ("SYNO.API.Auth", "login") => login(shared, call, rec),
         ("SYNO.API.Auth", _) => api_reply(rec, shared.auth.logout(&call.creds)),
         ("SYNO.FileStation.Download", _) => {
-            let (response, len) = download::download(shared, &call.params, corrupt).await;
+            let (response, len) = download::download(shared, &call.params, tamper).await;
             rec.bytes_out = len;
             response
         }
         ("SYNO.FileStation.Upload", _) => {
             let result = match file {
-                Some(field) => upload::upload(shared, &call.params, version, field, corrupt).await,
+                Some(field) => {
+                    upload::upload(shared, &call.params, version, field, tamper.corrupt).await
+                }
                 None => Err(Fail::new(code::UPLOAD_NO_FILENAME)),
             };
             api_reply(rec, result)
@@ -394,14 +396,14 @@ async fn dispatch(
 }
 
 /// Applies the aimed faults that hit this call. `Err` is the answer to
-/// send instead of serving it; `Ok(true)` means "corrupt the stored or
-/// served bytes".
+/// send instead of serving it; `Ok` says how to change the stored or
+/// served bytes.
 async fn aimed_faults(
     shared: &Shared,
     call: &Call,
     file: Option<&mut axum::extract::multipart::Field<'_>>,
     rec: &mut Record,
-) -> Result<bool, Response> {
+) -> Result<download::Tamper, Response> {
     let mut names: Vec<String> = ["path", "file_path", "name", "dest_folder_path"]
         .iter()
         .filter_map(|key| call.params.string(key))
@@ -414,7 +416,7 @@ async fn aimed_faults(
         method: rec.method.as_deref(),
         names,
     });
-    let mut corrupt = false;
+    let mut tamper = download::Tamper::default();
     let mut file = file;
     for action in actions {
         match action {
@@ -428,7 +430,19 @@ async fn aimed_faults(
             }
             FaultAction::Corrupt => {
                 rec.fault = Some("aimed_corrupt");
-                corrupt = true;
+                tamper.corrupt = true;
+            }
+            FaultAction::CutAfter(bytes) => {
+                rec.fault = Some("aimed_cut");
+                tamper.cut_after = Some(bytes);
+            }
+            FaultAction::Longer(bytes) => {
+                rec.fault = Some("aimed_longer");
+                tamper.extra = bytes;
+            }
+            FaultAction::Endless => {
+                rec.fault = Some("aimed_endless");
+                tamper.endless = true;
             }
             FaultAction::Drop => {
                 rec.fault = Some("aimed_drop");
@@ -453,7 +467,7 @@ async fn aimed_faults(
             }
         }
     }
-    Ok(corrupt)
+    Ok(tamper)
 }
 
 /// Validates api, version and method (101–104), then the session (106,

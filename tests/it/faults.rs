@@ -203,10 +203,12 @@ enum Fault {
     DiskFull,
     Quota,
     Http502Always,
+    Cut,
+    CutAlways,
 }
 
 impl Fault {
-    const ALL: [Fault; 9] = [
+    const ALL: [Fault; 11] = [
         Fault::Drop,
         Fault::Http502,
         Fault::Busy,
@@ -216,6 +218,8 @@ impl Fault {
         Fault::DiskFull,
         Fault::Quota,
         Fault::Http502Always,
+        Fault::Cut,
+        Fault::CutAlways,
     ];
 
     fn label(self) -> &'static str {
@@ -229,6 +233,8 @@ impl Fault {
             Fault::DiskFull => "disk full 416",
             Fault::Quota => "quota 415",
             Fault::Http502Always => "502 always",
+            Fault::Cut => "cut mid-body",
+            Fault::CutAlways => "cut always",
         }
     }
 
@@ -242,6 +248,8 @@ impl Fault {
             Fault::Corrupt => FaultAction::Corrupt,
             Fault::DiskFull => FaultAction::Code(416),
             Fault::Quota => FaultAction::Code(415),
+            // The full length announced, 64 KiB sent, then the link dies.
+            Fault::Cut | Fault::CutAlways => FaultAction::CutAfter(64 << 10),
         }
     }
 
@@ -252,6 +260,9 @@ impl Fault {
                 Some("no bytes stored or served")
             }
             Fault::DiskFull | Fault::Quota if !phase.is_upload() => Some("nothing stored"),
+            // Upload bodies cut partway: the drop_upload_after fault, see
+            // docs/RELIABILITY.md.
+            Fault::Cut | Fault::CutAlways if phase != Phase::Download => Some("no body served"),
             Fault::SessionExpired | Fault::Busy if phase == Phase::Login => Some("no session yet"),
             _ => None,
         }
@@ -278,6 +289,11 @@ fn expected(fault: Fault, phase: Phase) -> Expect {
         (Fault::Http502Always, _) => Expect::Fail(5, &["502", "run again"]),
         // Bytes that differ from the manifest's SHA-256 are never extracted.
         (Fault::Corrupt, Phase::Download) => Expect::Fail(4, &["corrupt", "verify"]),
+        // A link that dies in every attempt: a connection problem, not
+        // corruption.
+        (Fault::CutAlways, Phase::Download) => {
+            Expect::Fail(5, &["broke off", "run the restore again"])
+        }
         _ => Expect::Ok,
     }
 }
@@ -333,7 +349,7 @@ async fn run_cell(tpl: &Template, fault: Fault, phase: Phase) -> Outcome {
     let agent = agent(&config);
     let mut problems = Vec::new();
     let aimed = phase.aim(fault.action()).times(match fault {
-        Fault::Http502Always => None,
+        Fault::Http502Always | Fault::CutAlways => None,
         _ => Some(1),
     });
     nas.faults().update(|f| f.aimed = vec![aimed]);

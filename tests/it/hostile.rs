@@ -383,3 +383,160 @@ async fn a_certificate_that_changes_under_pinning_is_refused() {
     assert!(matches!(err, Error::TlsRefused { .. }), "{err:?}");
     assert!(err.to_string().contains("pin_sha256"), "{err}");
 }
+
+/// Restores the latest snapshot of `home` into `target`, over a local file
+/// `data/docs/a.txt` that must survive, spooling into `spool`.
+async fn restore_over_mine(
+    agent: &synback::agent::Agent,
+    target: &std::path::Path,
+    spool: &std::path::Path,
+) -> Result<synback::restore::RestoreReport, synback::agent::Error> {
+    std::fs::create_dir_all(target.join("data/docs")).unwrap();
+    std::fs::write(target.join("data/docs/a.txt"), "mine, keep me").unwrap();
+    std::fs::create_dir_all(spool).unwrap();
+    let mut opts = synback::restore::RestoreOptions::default();
+    opts.target_dir = target.to_path_buf();
+    opts.overwrite = true;
+    opts.spool_dir = Some(spool.to_path_buf());
+    agent
+        .restore(
+            "home",
+            &synback::restore::Selector::Latest,
+            opts,
+            None,
+            CancellationToken::new(),
+        )
+        .await
+}
+
+fn assert_untouched(target: &std::path::Path, spool: &std::path::Path, case: &str) {
+    assert_eq!(
+        std::fs::read_to_string(target.join("data/docs/a.txt")).unwrap(),
+        "mine, keep me",
+        "{case}: a local file was overwritten"
+    );
+    let left: Vec<_> = std::fs::read_dir(spool).unwrap().collect();
+    assert!(left.is_empty(), "{case}: spool files left: {left:?}");
+}
+
+fn downloads(world: &World) -> usize {
+    world
+        .nas
+        .request_log()
+        .iter()
+        .filter(|r| r.api.as_deref() == Some("SYNO.FileStation.Download"))
+        .count()
+}
+
+/// The first volume download (the manifest is the 1st download).
+fn volume_download(action: synback::emulator::FaultAction) -> synback::emulator::AimedFault {
+    synback::emulator::AimedFault::new("SYNO.FileStation.Download", action)
+        .name_contains(".tar.zst")
+}
+
+/// A connection that breaks in the middle of a volume download (the full
+/// length announced, a part sent, then cut) is resumed; one that keeps
+/// breaking fails the restore as a connection problem (exit 5), not as
+/// corruption, with the cause kept, and nothing local changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_cut_midway_is_resumed_and_a_dead_link_is_exit_5() {
+    use synback::emulator::FaultAction;
+    let world = World::new("").await;
+    let agent = world.agent();
+    agent
+        .backup("home", CancellationToken::new())
+        .await
+        .unwrap();
+    let cut = FaultAction::CutAfter(300_000);
+
+    world
+        .nas
+        .faults()
+        .update(|f| f.aimed = vec![volume_download(cut.clone()).times(Some(2))]);
+    let before = downloads(&world);
+    let target = world.restore_dir("resumed");
+    crate::support::restore_latest(&agent, &target, false)
+        .await
+        .unwrap();
+    assert_eq!(world.nas.faults().aimed_hits(), 2);
+    assert!(
+        downloads(&world) - before >= 4,
+        "the volume was not fetched again"
+    );
+    let diffs = crate::support::tree_diff(&world.source, &target.join("data"), &|_| false);
+    assert!(diffs.is_empty(), "{diffs:?}");
+
+    // verify --deep streams the volume: resumed the same way.
+    world
+        .nas
+        .faults()
+        .update(|f| f.aimed = vec![volume_download(cut.clone())]);
+    agent
+        .verify(
+            "home",
+            &synback::restore::Selector::Latest,
+            synback::agent::VerifyMode::Deep,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(world.nas.faults().aimed_hits(), 1);
+
+    world
+        .nas
+        .faults()
+        .update(|f| f.aimed = vec![volume_download(cut).times(None)]);
+    let (target, spool) = (world.restore_dir("cut"), world.restore_dir("cut-spool"));
+    let err = restore_over_mine(&agent, &target, &spool)
+        .await
+        .unwrap_err();
+    let text = crate::support::chain(&err);
+    assert_eq!(err.exit_code(), 5, "{text}");
+    assert!(text.contains(".tar.zst"), "{text}");
+    assert!(text.contains("broke off 4 times"), "{text}");
+    assert!(!text.contains("corrupt"), "{text}");
+    assert!(text.contains("caused by"), "the cause was lost: {text}");
+    assert_untouched(&target, &spool, "cut");
+}
+
+/// A NAS that sends more bytes than the listing and the manifest say
+/// (announced, or streamed for ever without a length) is stopped at the
+/// first byte too many: a clear error, no local file changed, nothing
+/// spooled, and no endless download filling the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_longer_than_the_volume_is_stopped_at_once() {
+    use synback::emulator::FaultAction;
+    let world = World::new("").await;
+    let agent = world.agent();
+    agent
+        .backup("home", CancellationToken::new())
+        .await
+        .unwrap();
+    for (case, action) in [
+        ("longer", FaultAction::Longer(8 << 20)),
+        ("endless", FaultAction::Endless),
+    ] {
+        world
+            .nas
+            .faults()
+            .update(|f| f.aimed = vec![volume_download(action).times(None)]);
+        let (target, spool) = (world.restore_dir(case), world.restore_dir("spool"));
+        let started = Instant::now();
+        let restored = tokio::time::timeout(
+            Duration::from_secs(120),
+            restore_over_mine(&agent, &target, &spool),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{case}: the restore never stopped"));
+        let err = restored.unwrap_err();
+        let text = crate::support::chain(&err);
+        assert_eq!(err.exit_code(), 4, "{case}: {text}");
+        assert!(
+            text.contains(".tar.zst.001 is corrupt: the NAS sent more than the"),
+            "{case}: {text}"
+        );
+        assert!(world.nas.faults().aimed_hits() >= 1, "{case}");
+        assert_untouched(&target, &spool, case);
+        assert!(started.elapsed() < Duration::from_secs(60), "{case}");
+    }
+}

@@ -93,7 +93,9 @@ pub enum FaultAction {
     Corrupt,
     /// Downloads: announce the whole file's length, send this many of its
     /// bytes, then cut the connection (a link that dies mid-transfer).
-    /// Other calls are served normally.
+    /// Uploads: read this many bytes of the file part, then cut the
+    /// connection without an answer; nothing is stored. Other calls are
+    /// served normally.
     CutAfter(u64),
     /// Downloads: send the file followed by this many extra bytes, the
     /// longer length announced (a NAS whose file grew, or a hostile one).

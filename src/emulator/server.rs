@@ -434,6 +434,17 @@ async fn aimed_faults(
             }
             FaultAction::CutAfter(bytes) => {
                 rec.fault = Some("aimed_cut");
+                if let Some(field) = file.as_mut() {
+                    let mut got = 0u64;
+                    while got < bytes {
+                        match field.chunk().await {
+                            Ok(Some(chunk)) => got += chunk.len() as u64,
+                            _ => break,
+                        }
+                    }
+                    call.kill.kill();
+                    return Err(http_error(StatusCode::BAD_GATEWAY));
+                }
                 tamper.cut_after = Some(bytes);
             }
             FaultAction::Longer(bytes) => {

@@ -248,7 +248,8 @@ impl Fault {
             Fault::Corrupt => FaultAction::Corrupt,
             Fault::DiskFull => FaultAction::Code(416),
             Fault::Quota => FaultAction::Code(415),
-            // The full length announced, 64 KiB sent, then the link dies.
+            // 64 KiB of the body (a download announced in full), then the
+            // link dies.
             Fault::Cut | Fault::CutAlways => FaultAction::CutAfter(64 << 10),
         }
     }
@@ -260,9 +261,9 @@ impl Fault {
                 Some("no bytes stored or served")
             }
             Fault::DiskFull | Fault::Quota if !phase.is_upload() => Some("nothing stored"),
-            // Upload bodies cut partway: the drop_upload_after fault, see
-            // docs/RELIABILITY.md.
-            Fault::Cut | Fault::CutAlways if phase != Phase::Download => Some("no body served"),
+            Fault::Cut | Fault::CutAlways if !phase.is_upload() && phase != Phase::Download => {
+                Some("no body sent")
+            }
             Fault::SessionExpired | Fault::Busy if phase == Phase::Login => Some("no session yet"),
             _ => None,
         }
@@ -294,6 +295,7 @@ fn expected(fault: Fault, phase: Phase) -> Expect {
         (Fault::CutAlways, Phase::Download) => {
             Expect::Fail(5, &["broke off", "run the restore again"])
         }
+        (Fault::CutAlways, _) => Expect::Fail(5, &["not answering", "run again"]),
         _ => Expect::Ok,
     }
 }
@@ -355,14 +357,15 @@ async fn run_cell(tpl: &Template, fault: Fault, phase: Phase) -> Outcome {
     nas.faults().update(|f| f.aimed = vec![aimed]);
 
     let restore_dir = cell.path().join("restore");
+    // What retention deleted (nothing for a restore).
     let result = match phase {
         Phase::Download => crate::support::restore_latest(&agent, &restore_dir, false)
             .await
-            .map(|_| ()),
+            .map(|_| Vec::new()),
         _ => agent
             .backup("home", CancellationToken::new())
             .await
-            .map(|_| ()),
+            .map(|report| report.forgotten),
     };
     if nas.faults().aimed_hits() == 0 {
         problems.push("the fault never fired".to_owned());
@@ -370,10 +373,22 @@ async fn run_cell(tpl: &Template, fault: Fault, phase: Phase) -> Outcome {
     nas.faults().clear();
 
     let text = match (&result, expected(fault, phase)) {
-        (Ok(()), Expect::Ok) if fault == Fault::Http502Always => {
-            "ok, retention left for the next run".to_owned()
+        (Ok(forgotten), Expect::Ok) if phase == Phase::Retention => {
+            // keep_last = 1: the earlier snapshot goes, unless every delete
+            // failed; then it stays for the next run.
+            let want = match fault {
+                Fault::Http502Always => Vec::new(),
+                _ => vec![tpl.baseline.clone()],
+            };
+            if *forgotten != want {
+                problems.push(format!("retention forgot {forgotten:?}, not {want:?}"));
+            }
+            match fault {
+                Fault::Http502Always => "ok, retention left for the next run".to_owned(),
+                _ => "retried-ok".to_owned(),
+            }
         }
-        (Ok(()), Expect::Ok) => "retried-ok".to_owned(),
+        (Ok(_), Expect::Ok) => "retried-ok".to_owned(),
         (Err(err), Expect::Fail(code, words)) => {
             let message = format!("{}\n{}", chain(err), err.hint().unwrap_or_default());
             if err.exit_code() != code {
@@ -395,7 +410,7 @@ async fn run_cell(tpl: &Template, fault: Fault, phase: Phase) -> Outcome {
             }
             format!("failed-clean, exit {}", err.exit_code())
         }
-        (Ok(()), Expect::Fail(code, _)) => {
+        (Ok(_), Expect::Fail(code, _)) => {
             problems.push(format!("succeeded, expected exit {code}"));
             "UNEXPECTED ok".to_owned()
         }
@@ -405,7 +420,15 @@ async fn run_cell(tpl: &Template, fault: Fault, phase: Phase) -> Outcome {
         }
     };
 
-    check_state(&agent, &nas, tpl, phase, result.is_ok(), &mut problems).await;
+    check_state(
+        &agent,
+        &nas,
+        tpl,
+        (phase, fault),
+        result.is_ok(),
+        &mut problems,
+    )
+    .await;
     if phase == Phase::Download {
         check_restored(
             &tpl.source,
@@ -434,6 +457,12 @@ async fn run_cell(tpl: &Template, fault: Fault, phase: Phase) -> Outcome {
                         job_files(&nas)
                     ));
                 }
+                // What retention left is gone now: keep_last = 1 keeps
+                // only the next run's snapshot.
+                let ids: Vec<String> = listing.snapshots.iter().map(|s| s.id.to_string()).collect();
+                if phase == Phase::Retention && ids.len() != 1 {
+                    problems.push(format!("after the next run retention kept {ids:?}"));
+                }
             }
             Err(err) => problems.push(format!("the next run failed: {}", chain(&err))),
         }
@@ -447,7 +476,7 @@ async fn check_state(
     agent: &Agent,
     nas: &Emulator,
     tpl: &Template,
-    phase: Phase,
+    (phase, fault): (Phase, Fault),
     ok: bool,
     problems: &mut Vec<String>,
 ) {
@@ -482,8 +511,10 @@ async fn check_state(
         Phase::Download => 0,
         _ => usize::from(ok),
     };
-    let expected = match phase {
-        Phase::Retention => (1..=2).contains(&ids.len()),
+    let expected = match (phase, fault) {
+        // Every delete failed: the earlier snapshot is still there.
+        (Phase::Retention, Fault::Http502Always) => ids.len() == 2 && ids.contains(&tpl.baseline),
+        (Phase::Retention, _) => ids.len() == 1 && !ids.contains(&tpl.baseline),
         _ => ids.len() == 1 + runs,
     };
     if !expected {
@@ -602,5 +633,38 @@ async fn fault_matrix() {
         })
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    check_doc_table(&table(&results));
     assert!(tpl.dir.path().exists());
+}
+
+const DOC: &str = "docs/RELIABILITY.md";
+const BEGIN: &str = "<!-- fault-matrix:begin (written by tests/it/faults.rs) -->";
+const END: &str = "<!-- fault-matrix:end -->";
+
+/// The table in `docs/RELIABILITY.md` (between the markers) is the one
+/// this run computed. `SYNBACK_WRITE_DOCS=1` writes it there instead.
+fn check_doc_table(computed: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DOC);
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let (Some(begin), Some(end)) = (doc.find(BEGIN), doc.find(END)) else {
+        panic!("{DOC} lacks the markers {BEGIN:?} … {END:?}");
+    };
+    let documented = doc[begin + BEGIN.len()..end].trim();
+    if documented == computed.trim() {
+        return;
+    }
+    if std::env::var_os("SYNBACK_WRITE_DOCS").is_some() {
+        let updated = format!(
+            "{}{BEGIN}\n{}\n{}",
+            &doc[..begin],
+            computed.trim(),
+            &doc[end..]
+        );
+        std::fs::write(&path, updated).unwrap();
+        return;
+    }
+    panic!(
+        "the fault matrix in {DOC} differs from this run's (rerun with SYNBACK_WRITE_DOCS=1 to write it):\n{}\n--- documented:\n{documented}",
+        computed.trim()
+    );
 }

@@ -442,6 +442,7 @@ async fn feed_verified(
     cancel: &CancellationToken,
 ) -> Result<u64, Error> {
     let dir = opts.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
+    remove_dead_spool_files(&dir);
     let mut total = 0;
     for volume in &volumes {
         if cancel.is_cancelled() {
@@ -465,6 +466,44 @@ async fn feed_verified(
     Ok(total)
 }
 
+/// Spooled volumes are named `<SPOOL_PREFIX><pid>-<random>`.
+const SPOOL_PREFIX: &str = "synback-restore-";
+
+/// Removes spooled volumes left in `dir` by restores that were killed
+/// (their process is gone), so a `kill -9` does not leave volumes in the
+/// temp folder for ever. Only where `/proc` tells which processes live;
+/// failures are ignored (the files are only wasted space).
+fn remove_dead_spool_files(dir: &Path) {
+    let proc = Path::new("/proc");
+    if !proc.join("self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SPOOL_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !proc.join(pid.to_string()).exists() && entry.file_type().is_ok_and(|t| t.is_file()) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    info!(file = %entry.path().display(), "removed a volume a killed restore left")
+                }
+                Err(e) => {
+                    tracing::debug!(file = %entry.path().display(), error = %e, "cannot remove a stale spool file")
+                }
+            }
+        }
+    }
+}
+
 async fn download_verified(
     target: &dyn Target,
     volume: &ManifestVolume,
@@ -475,7 +514,7 @@ async fn download_verified(
         source,
     };
     let (file, path) = tempfile::Builder::new()
-        .prefix("synback-restore-")
+        .prefix(&format!("{SPOOL_PREFIX}{}-", std::process::id()))
         .tempfile_in(dir)
         .map_err(io_err)?
         .into_parts();

@@ -104,6 +104,10 @@ pub enum FaultAction {
     /// Downloads: send the file, then filler bytes for ever, with no
     /// length announced (chunked). Other calls are served normally.
     Endless,
+    /// Hold the call before serving it until the faults change (see
+    /// [`FaultHandle::is_holding`]), then serve it: lets a test kill a
+    /// client at an exact step (the MD5 task, a rename, the lock's delete).
+    Hold,
 }
 
 /// A fault aimed at particular calls: it hits the `nth` call (1-based)

@@ -455,6 +455,10 @@ async fn aimed_faults(
                 rec.fault = Some("aimed_endless");
                 tamper.endless = true;
             }
+            FaultAction::Hold => {
+                rec.fault = Some("aimed_hold");
+                shared.faults.hold().await;
+            }
             FaultAction::Drop => {
                 rec.fault = Some("aimed_drop");
                 call.kill.kill();

@@ -89,7 +89,8 @@ pub enum FaultAction {
     /// hibernation).
     Delay(Duration),
     /// Uploads: store the file with one byte flipped, after answering
-    /// success. Downloads: serve it with one byte flipped.
+    /// success. Downloads: serve it with one byte flipped. MD5 task
+    /// starts: the task reports a digest that is not the file's.
     Corrupt,
     /// Downloads: announce the whole file's length, send this many of its
     /// bytes, then cut the connection (a link that dies mid-transfer).

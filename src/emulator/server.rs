@@ -389,7 +389,7 @@ async fn dispatch(
             api_reply(rec, result)
         }
         (name, method) => {
-            let result = run_api(shared, name, method, &call.params).await;
+            let result = run_api(shared, name, method, &call.params, tamper.corrupt).await;
             api_reply(rec, result)
         }
     }
@@ -538,7 +538,14 @@ fn login(shared: &Shared, call: &Call, rec: &mut Record) -> Response {
 }
 
 /// Runs a JSON API call (everything but Info, Auth, Upload, Download).
-async fn run_api(shared: &Shared, api: &str, method: &str, params: &Params) -> ApiResult {
+/// With `corrupt`, an MD5 task reports a digest that is not the file's.
+async fn run_api(
+    shared: &Shared,
+    api: &str,
+    method: &str,
+    params: &Params,
+    corrupt: bool,
+) -> ApiResult {
     let ctx = shared.fs.clone();
     let params = params.clone();
     let min = shared.faults.get().task_min_duration;
@@ -575,12 +582,25 @@ async fn run_api(shared: &Shared, api: &str, method: &str, params: &Params) -> A
             .await
         }
         (api, "start") => {
-            let (kind, job) = task_job(&ctx, api, &params)?;
+            let (kind, mut job) = task_job(&ctx, api, &params)?;
+            if corrupt && api == "SYNO.FileStation.MD5" {
+                job = Box::new(move |cancel| job(cancel).map(wrong_md5));
+            }
             let id = shared.tasks.start(kind, min, job);
             Ok(Some(json!({ "taskid": id })))
         }
         (api, method) => task_call(shared, api, method, &params),
     }
+}
+
+/// An MD5 task result whose digest's first digit is changed.
+fn wrong_md5(mut result: serde_json::Value) -> serde_json::Value {
+    if let Some(md5) = result.get_mut("md5") {
+        let digest = md5.as_str().unwrap_or_default();
+        let first = if digest.starts_with('0') { "1" } else { "0" };
+        *md5 = serde_json::Value::from(format!("{first}{}", digest.get(1..).unwrap_or_default()));
+    }
+    result
 }
 
 /// Checks the paths of a task `start` and prepares its work.

@@ -304,6 +304,42 @@ async fn an_md5_that_never_matches_commits_nothing() {
     );
 }
 
+/// The emulator itself lies: every MD5 task of the job reports a digest
+/// that is not the file's. The backup retries, then fails naming the MD5
+/// mismatch (exit 4); no manifest is written and no snapshot is listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nas_whose_md5_task_never_matches_commits_nothing() {
+    use synback::emulator::{AimedFault, FaultAction};
+    let world = World::new("").await;
+    world.nas.faults().update(|f| {
+        f.aimed = vec![
+            AimedFault::new("SYNO.FileStation.MD5", FaultAction::Corrupt)
+                .method("start")
+                .times(None),
+        ];
+    });
+    let agent = world.agent();
+    let err = agent
+        .backup("home", CancellationToken::new())
+        .await
+        .unwrap_err();
+    let text = synback::error_chain(&err);
+    assert!(world.nas.faults().aimed_hits() >= 2, "not retried");
+    assert_eq!(err.exit_code(), 4, "{text}");
+    assert!(text.contains("MD5"), "{text}");
+    assert!(text.contains(".tar.zst"), "{text}");
+    world.nas.faults().clear();
+    assert!(agent.snapshots("home").await.unwrap().snapshots.is_empty());
+    assert!(
+        !world
+            .remote_names()
+            .iter()
+            .any(|n| n.ends_with(".manifest.json")),
+        "{:?}",
+        world.remote_names()
+    );
+}
+
 fn opts_with_password(url: String) -> ClientOptions {
     let mut opts = ClientOptions::new(
         url,
@@ -340,10 +376,13 @@ async fn volumes_shorter_or_longer_than_written_are_refused_on_restore() {
             .await
             .unwrap_err();
         let text = synback::error_chain(&err);
-        assert!(
-            text.contains(&volume) || text.contains("size") || text.contains("SHA-256"),
-            "{name}: {text}"
+        let said = format!(
+            "volume {volume} is corrupt: the NAS lists {} bytes, the manifest recorded {}",
+            bytes.len(),
+            original.len()
         );
+        assert!(text.contains(&said), "{name}: {text}");
+        assert_eq!(err.exit_code(), 4, "{name}: {text}");
         assert_eq!(
             std::fs::read_to_string(target.join("data/docs/a.txt")).unwrap(),
             "mine, keep me",

@@ -93,6 +93,147 @@ async fn fake_nas(reply: Reply) -> Fake {
     Fake { addr, reply, calls }
 }
 
+/// A fake NAS that answers API.Info, login, an MD5 task start and a
+/// logout properly and gives `reply` to the one call whose method is
+/// `hostile` (`login`, `status` of the MD5 task, `upload`). Reads the
+/// method from the query string or a urlencoded body, so uploads
+/// (multipart, method in the query) reach it too.
+async fn fake_nas_hostile_at(hostile: &'static str, reply: Arc<Mutex<Reply>>) -> SocketAddr {
+    use axum::{Router, extract::RawQuery, routing::post};
+    let handler = move |RawQuery(query): RawQuery, body: axum::body::Bytes| {
+        let reply = reply.clone();
+        async move {
+            let find = |text: &str| {
+                text.split('&')
+                    .find_map(|kv| kv.strip_prefix("method="))
+                    .map(str::to_owned)
+            };
+            let method = query
+                .as_deref()
+                .and_then(find)
+                .or_else(|| find(&String::from_utf8_lossy(&body)))
+                .unwrap_or_default();
+            let json = |v: serde_json::Value| {
+                Response::builder()
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(v.to_string()))
+                    .unwrap()
+            };
+            if method == hostile {
+                return match reply.lock().unwrap().clone() {
+                    Reply::Raw(kind, body) => Response::builder()
+                        .header(header::CONTENT_TYPE, kind)
+                        .body(Body::from(body))
+                        .unwrap(),
+                    Reply::Endless { .. } => unreachable!("not used here"),
+                };
+            }
+            match method.as_str() {
+                "query" => json(serde_json::json!({"success": true, "data": {
+                    "SYNO.API.Auth": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 7},
+                    "SYNO.FileStation.MD5": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 2},
+                    "SYNO.FileStation.List": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 2},
+                    "SYNO.FileStation.Delete": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 2},
+                    "SYNO.FileStation.Rename": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 2},
+                    "SYNO.FileStation.Upload": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 3},
+                }})),
+                "login" => json(
+                    serde_json::json!({"success": true, "data": {"sid": "fake-sid", "synotoken": "fake-token"}}),
+                ),
+                "start" => json(serde_json::json!({"success": true, "data": {"taskid": "t1"}})),
+                _ => json(serde_json::json!({"success": true})),
+            }
+        }
+    };
+    let router = Router::new().route("/webapi/{cgi}", post(handler));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+/// Huge, truncated, non-JSON and mistyped replies to the login, to an MD5
+/// task's status and to an upload: each refused with an error naming the
+/// call, quickly.
+#[tokio::test]
+async fn hostile_replies_to_login_md5_status_and_upload_are_refused() {
+    let cases: Vec<(&str, Reply, &str)> = vec![
+        (
+            "huge",
+            Reply::Raw("application/json", vec![b' '; 6 << 20]),
+            "larger than",
+        ),
+        (
+            "truncated JSON",
+            Reply::Raw(
+                "application/json",
+                br#"{"success":true,"data":{"sid":"#.to_vec(),
+            ),
+            "cannot decode",
+        ),
+        (
+            "HTML login page",
+            Reply::Raw("text/html", b"<!DOCTYPE html><html>login</html>".to_vec()),
+            "cannot decode",
+        ),
+        (
+            "wrong types in data",
+            Reply::Raw(
+                "application/json",
+                br#"{"success":true,"data":{"sid":7,"finished":"yes","md5":[1]}}"#.to_vec(),
+            ),
+            "",
+        ),
+        (
+            "success not a bool",
+            Reply::Raw("application/json", br#"{"success":"yes"}"#.to_vec()),
+            "cannot decode",
+        ),
+    ];
+    for (call, names) in [
+        ("login", "SYNO.API.Auth.login"),
+        ("status", "SYNO.FileStation.MD5.status"),
+        ("upload", "SYNO.FileStation.Upload.upload"),
+    ] {
+        let reply = Arc::new(Mutex::new(Reply::Raw("application/json", Vec::new())));
+        let addr = fake_nas_hostile_at(call, reply.clone()).await;
+        for (case, hostile, expect) in &cases {
+            if call == "upload" && *case == "wrong types in data" {
+                // An upload's data is not used (the MD5 task proves the
+                // file), so only the envelope's types matter.
+                continue;
+            }
+            *reply.lock().unwrap() = hostile.clone();
+            let started = Instant::now();
+            let result = async {
+                let client = Client::connect(opts(format!("http://{addr}"))).await?;
+                match call {
+                    "status" => client
+                        .md5("/backup/x", &CancellationToken::new())
+                        .await
+                        .map(drop),
+                    _ => {
+                        let body = synback::dsm::UploadBody::Bytes(bytes::Bytes::from_static(b"x"));
+                        client
+                            .upload("/backup", "x", body, Default::default())
+                            .await
+                    }
+                }
+            }
+            .await;
+            let err = result.expect_err(&format!("{call} {case}: accepted"));
+            let text = synback::error_chain(&err);
+            assert!(text.contains(expect), "{call} {case}: {text}");
+            assert!(text.contains(names), "{call} {case}: {text}");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{call} {case}: took {:?}",
+                started.elapsed()
+            );
+        }
+    }
+}
+
 fn opts(url: String) -> ClientOptions {
     let mut opts = ClientOptions::new(url, "backup", Secret::new("pw"));
     opts.retry = RetryPolicy::none();

@@ -276,6 +276,7 @@ fn backup_exit_code(err: &backup::Error) -> u8 {
 fn restore_exit_code(err: &restore::Error) -> u8 {
     match err {
         restore::Error::Corrupt { .. } | restore::Error::MissingVolume { .. } => exit::VERIFY,
+        restore::Error::Download { .. } => exit::UNREACHABLE,
         restore::Error::NoSnapshot { .. } => exit::USAGE,
         _ => exit::FAILED,
     }

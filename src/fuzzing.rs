@@ -67,8 +67,10 @@ pub fn config(data: &[u8]) -> Result<(), String> {
 }
 
 /// Lists and unpacks `data` as a snapshot stream into a temporary target
-/// that holds a planted symlink to a folder outside; nothing may appear
-/// outside the target, through the symlink or otherwise.
+/// nested three folders deep that holds a planted symlink to a folder
+/// outside; nothing may appear outside the target (anywhere under the
+/// temporary base, through the symlink, or at [`ESCAPE_CANARY`] in the
+/// system temp folder). Overwrite is on for inputs of odd length.
 ///
 /// # Errors
 /// A description of a broken safety rule.
@@ -108,7 +110,59 @@ pub fn encrypt(data: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// The file name hostile seeds aim at with absolute and `../` paths; the
+/// archive harness fails when it appears in the system temp folder.
+pub const ESCAPE_CANARY: &str = "synback-fuzz-evil";
+
+/// Where the archive harness unpacks, under its temporary base: deep
+/// enough that `../` paths land inside the base, where they are seen.
+const NESTED: [&str; 3] = ["a", "b", "c"];
+
+/// Damage done after unpacking, to prove that the archive harness's checks
+/// fire (tests only; the fuzz targets pass [`Sabotage::None`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Sabotage {
+    /// Nothing.
+    None,
+    /// A file beside the target (as `../x` would write).
+    Beside,
+    /// A file three folders above the target (as `../../../x` would).
+    FarAbove,
+    /// A file in the folder the planted symlink points to.
+    ThroughLink,
+    /// The planted symlink replaced by a file.
+    ReplaceLink,
+    /// The canary in the system temp folder (as `/tmp/…` would).
+    Canary,
+}
+
+/// [`archive`] with overwrite chosen by the caller and `sabotage` done
+/// after the unpack, so tests can see the checks fail.
+///
+/// # Errors
+/// As [`archive`].
+pub fn archive_sabotaged(data: &[u8], overwrite: bool, sabotage: Sabotage) -> Result<(), String> {
+    unpack_checked_with(data, &[], overwrite, sabotage)
+}
+
+/// Overwrite is on for inputs of odd length, so the fuzzer explores both
+/// modes.
 fn unpack_checked(data: &[u8], keys: &[DecryptKey]) -> Result<(), String> {
+    unpack_checked_with(data, keys, data.len() % 2 == 1, Sabotage::None)
+}
+
+/// Lists `data`, then unpacks it into `<base>/a/b/c/target`, which holds
+/// `planted -> <base>/outside`. Afterwards every path under the base
+/// must be the target's or one of the fixed folders, `outside` must be
+/// empty, without overwrite `planted` must still be the symlink, and the
+/// canary must not have appeared in the system temp folder.
+fn unpack_checked_with(
+    data: &[u8],
+    keys: &[DecryptKey],
+    overwrite: bool,
+    sabotage: Sabotage,
+) -> Result<(), String> {
     let cancel = CancellationToken::new();
     let listed = ListOptions {
         keys: keys.to_vec(),
@@ -121,30 +175,42 @@ fn unpack_checked(data: &[u8], keys: &[DecryptKey]) -> Result<(), String> {
     if listing.is_ok() && expands_to > MAX_UNPACK_BYTES {
         return Ok(());
     }
+    let canary = std::env::temp_dir().join(ESCAPE_CANARY);
+    let canary_before = canary.symlink_metadata().is_ok();
     let base = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
     let outside = base.path().join("outside");
-    let target = base.path().join("target");
-    for dir in [&outside, &target] {
-        std::fs::create_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut nest = base.path().to_path_buf();
+    let mut nested = Vec::new();
+    for dir in NESTED {
+        nest.push(dir);
+        nested.push(nest.clone());
     }
-    std::os::unix::fs::symlink(&outside, target.join("planted"))
+    let target = nest.join("target");
+    for dir in [&outside, &target] {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let planted = target.join("planted");
+    std::os::unix::fs::symlink(&outside, &planted)
         .map_err(|e| format!("planting a symlink: {e}"))?;
     let mut opts = UnpackOptions::new(&target);
     opts.keys = keys.to_vec();
+    opts.overwrite = overwrite;
     let unpacked = archive::unpack(data, &opts, &cancel);
     if let Err(err) = &unpacked
         && crate::error_chain(err).is_empty()
     {
         return Err("archive error without a message".into());
     }
-    let mut names: Vec<_> = std::fs::read_dir(base.path())
-        .map_err(|e| e.to_string())?
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    names.sort();
-    if names != ["outside", "target"] {
-        return Err(format!("unpack wrote beside its target: {names:?}"));
+    sabotage_tree(sabotage, &target, &outside, &canary)?;
+    if !canary_before && canary.symlink_metadata().is_ok() {
+        let _ = std::fs::remove_file(&canary);
+        return Err(format!("unpack wrote {}", canary.display()));
+    }
+    if let Some(stray) = stray_path(base.path(), &target, &outside, &nested)? {
+        return Err(format!(
+            "unpack wrote outside its target: {}",
+            stray.display()
+        ));
     }
     if std::fs::read_dir(&outside)
         .map_err(|e| e.to_string())?
@@ -153,11 +219,62 @@ fn unpack_checked(data: &[u8], keys: &[DecryptKey]) -> Result<(), String> {
     {
         return Err("unpack wrote through a symlink planted in the target".into());
     }
-    if !is_symlink(&target.join("planted")) && unpacked.is_ok() {
+    if !opts.overwrite && !is_symlink(&planted) && unpacked.is_ok() {
         // Overwrite is off: an existing name is kept, never replaced.
         return Err("unpack replaced an existing name without overwrite".into());
     }
     Ok(())
+}
+
+fn sabotage_tree(
+    sabotage: Sabotage,
+    target: &Path,
+    outside: &Path,
+    canary: &Path,
+) -> Result<(), String> {
+    let write = |path: &Path| std::fs::write(path, b"x").map_err(|e| e.to_string());
+    let Some(parent) = target.parent() else {
+        return Ok(());
+    };
+    match sabotage {
+        Sabotage::None => Ok(()),
+        Sabotage::Beside => write(&parent.join("x")),
+        Sabotage::FarAbove => match parent.ancestors().nth(2) {
+            Some(far) => write(&far.join("x")),
+            None => Ok(()),
+        },
+        Sabotage::ThroughLink => write(&outside.join("x")),
+        Sabotage::ReplaceLink => {
+            let planted = target.join("planted");
+            std::fs::remove_file(&planted).map_err(|e| e.to_string())?;
+            write(&planted)
+        }
+        Sabotage::Canary => write(canary),
+    }
+}
+
+/// The first path under `base` that is not `target` or inside it, not
+/// `outside` (whose content is checked apart), and not a `nested` folder.
+fn stray_path(
+    base: &Path,
+    target: &Path,
+    outside: &Path,
+    nested: &[std::path::PathBuf],
+) -> Result<Option<std::path::PathBuf>, String> {
+    let mut stack = vec![base.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+            let path = entry.map_err(|e| e.to_string())?.path();
+            if path == target || path == outside {
+                continue;
+            }
+            if !nested.contains(&path) {
+                return Ok(Some(path));
+            }
+            stack.push(path);
+        }
+    }
+    Ok(None)
 }
 
 fn is_symlink(path: &Path) -> bool {

@@ -133,6 +133,20 @@ pub enum Error {
         /// What differs.
         what: String,
     },
+    /// A volume's download kept breaking off (the connection to the NAS
+    /// failed), even when started again.
+    #[error(
+        "downloading volume {name} broke off {attempts} times; the connection to the NAS is failing, run the restore again (files already restored are complete)"
+    )]
+    Download {
+        /// The volume.
+        name: String,
+        /// How many times it was started.
+        attempts: u32,
+        /// Why the last attempt broke off.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The manifest lists a volume that is not in the folder.
     #[error("volume {name} of {snapshot} is missing from the NAS")]
     MissingVolume {
@@ -432,6 +446,7 @@ async fn feed_verified(
     cancel: &CancellationToken,
 ) -> Result<u64, Error> {
     let dir = opts.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
+    remove_dead_spool_files(&dir);
     let mut total = 0;
     for volume in &volumes {
         if cancel.is_cancelled() {
@@ -455,6 +470,44 @@ async fn feed_verified(
     Ok(total)
 }
 
+/// Spooled volumes are named `<SPOOL_PREFIX><pid>-<random>`.
+const SPOOL_PREFIX: &str = "synback-restore-";
+
+/// Removes spooled volumes left in `dir` by restores that were killed
+/// (their process is gone), so a `kill -9` does not leave volumes in the
+/// temp folder for ever. Only where `/proc` tells which processes live;
+/// failures are ignored (the files are only wasted space).
+fn remove_dead_spool_files(dir: &Path) {
+    let proc = Path::new("/proc");
+    if !proc.join("self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SPOOL_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !proc.join(pid.to_string()).exists() && entry.file_type().is_ok_and(|t| t.is_file()) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    info!(file = %entry.path().display(), "removed a volume a killed restore left")
+                }
+                Err(e) => {
+                    tracing::debug!(file = %entry.path().display(), error = %e, "cannot remove a stale spool file")
+                }
+            }
+        }
+    }
+}
+
 async fn download_verified(
     target: &dyn Target,
     volume: &ManifestVolume,
@@ -465,7 +518,7 @@ async fn download_verified(
         source,
     };
     let (file, path) = tempfile::Builder::new()
-        .prefix("synback-restore-")
+        .prefix(&format!("{SPOOL_PREFIX}{}-", std::process::id()))
         .tempfile_in(dir)
         .map_err(io_err)?
         .into_parts();
@@ -494,44 +547,161 @@ async fn pump_volume(
     Ok(Some(download.size))
 }
 
+/// How many times one volume's download is started before a broken
+/// connection fails the restore.
+const DOWNLOAD_ATTEMPTS: u32 = 4;
+
+/// The wait before the first resumed download; doubles with each attempt.
+const RESUME_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// One volume's download, hashed as it streams: the end of the stream is
-/// reported only after size and SHA-256 matched the manifest.
+/// reported only after size and SHA-256 matched the manifest. A NAS that
+/// sends more bytes than the manifest recorded is stopped at the first
+/// byte too many. When the connection breaks, the download is started
+/// again (bounded) and the bytes already delivered are skipped, after
+/// checking that they came back the same.
 struct CheckedDownload<'v> {
+    target: &'v dyn Target,
     volume: &'v ManifestVolume,
     stream: crate::repo::target::GetStream,
     hasher: Sha256,
     size: u64,
+    attempts: u32,
 }
 
 impl<'v> CheckedDownload<'v> {
-    async fn start(target: &dyn Target, volume: &'v ManifestVolume) -> Result<Self, Error> {
+    async fn start(target: &'v dyn Target, volume: &'v ManifestVolume) -> Result<Self, Error> {
         Ok(Self {
+            target,
             volume,
             stream: target.get(&volume.name).await?,
             hasher: Sha256::new(),
             size: 0,
+            attempts: 1,
         })
     }
 
     /// The next chunk; `Ok(None)` once every byte arrived and matched.
     async fn next(&mut self) -> Result<Option<bytes::Bytes>, Error> {
-        match self.stream.next().await {
-            Some(Ok(chunk)) => {
-                self.hasher.update(&chunk);
-                self.size += chunk.len() as u64;
-                Ok(Some(chunk))
-            }
-            Some(Err(e)) => Err(Error::Corrupt {
-                name: self.volume.name.clone(),
-                what: format!("download failed: {e}"),
-            }),
-            None => {
-                let digest = hex::encode(std::mem::take(&mut self.hasher).finalize());
-                check_digest(&self.volume.name, self.volume, (digest, self.size))?;
-                Ok(None)
+        loop {
+            match self.stream.next().await {
+                Some(Ok(chunk)) => {
+                    self.size += chunk.len() as u64;
+                    if self.size > self.volume.size {
+                        return Err(Error::Corrupt {
+                            name: self.volume.name.clone(),
+                            what: format!(
+                                "the NAS sent more than the {} bytes the manifest recorded",
+                                self.volume.size
+                            ),
+                        });
+                    }
+                    self.hasher.update(&chunk);
+                    return Ok(Some(chunk));
+                }
+                Some(Err(e)) => self.resume(e).await?,
+                None => {
+                    let digest = hex::encode(std::mem::take(&mut self.hasher).finalize());
+                    check_digest(&self.volume.name, self.volume, (digest, self.size))?;
+                    return Ok(None);
+                }
             }
         }
     }
+
+    /// Starts the download again after `cause` broke it, and skips the
+    /// bytes already delivered once they proved the same.
+    async fn resume(&mut self, mut cause: io::Error) -> Result<(), Error> {
+        loop {
+            if self.attempts >= DOWNLOAD_ATTEMPTS {
+                return Err(Error::Download {
+                    name: self.volume.name.clone(),
+                    attempts: self.attempts,
+                    source: unwrap_io(cause),
+                });
+            }
+            tracing::warn!(
+                volume = %self.volume.name,
+                attempt = self.attempts,
+                at = self.size,
+                error = %cause,
+                "the download broke off; starting it again"
+            );
+            tokio::time::sleep(RESUME_DELAY * 2u32.pow(self.attempts - 1)).await;
+            self.attempts += 1;
+            let mut stream = match self.target.get(&self.volume.name).await {
+                Ok(stream) => stream,
+                // The client gave up on this request; it counts as one more
+                // broken attempt.
+                Err(e) if e.is_retryable() => {
+                    cause = io::Error::other(e);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match skip_same(&mut stream, self.size, &self.hasher).await {
+                Ok(Skipped::Same(rest)) => {
+                    self.stream = match rest {
+                        Some(rest) => futures_util::stream::iter([Ok(rest)]).chain(stream).boxed(),
+                        None => stream,
+                    };
+                    return Ok(());
+                }
+                Ok(Skipped::Differ) => {
+                    return Err(Error::Corrupt {
+                        name: self.volume.name.clone(),
+                        what: format!("its first {} bytes differ when downloaded again", self.size),
+                    });
+                }
+                Err(e) => cause = e,
+            }
+        }
+    }
+}
+
+/// What [`skip_same`] found.
+enum Skipped {
+    /// The prefix matched; the rest of the chunk it ended in, if any.
+    Same(Option<bytes::Bytes>),
+    /// The prefix has other bytes (or the stream ended before it).
+    Differ,
+}
+
+/// Reads `len` bytes of `stream` and compares their SHA-256 with `seen`
+/// (the hasher over the bytes already delivered).
+async fn skip_same(
+    stream: &mut crate::repo::target::GetStream,
+    len: u64,
+    seen: &Sha256,
+) -> io::Result<Skipped> {
+    let mut again = Sha256::new();
+    let mut skipped = 0u64;
+    let mut rest = None;
+    while skipped < len {
+        let Some(chunk) = stream.next().await.transpose()? else {
+            return Ok(Skipped::Differ);
+        };
+        let take = usize::try_from(len - skipped).map_or(chunk.len(), |n| n.min(chunk.len()));
+        again.update(&chunk[..take]);
+        skipped += take as u64;
+        if take < chunk.len() {
+            rest = Some(chunk.slice(take..));
+        }
+    }
+    match again.finalize() == seen.clone().finalize() {
+        true => Ok(Skipped::Same(rest)),
+        false => Ok(Skipped::Differ),
+    }
+}
+
+/// The error inside an `io::Error` (whose own `source()` skips it), so the
+/// cause chain keeps it.
+fn unwrap_io(err: io::Error) -> Box<dyn std::error::Error + Send + Sync> {
+    if err.get_ref().is_none() {
+        return Box::new(err);
+    }
+    err.into_inner()
+        .unwrap_or_else(|| Box::new(io::Error::other("the connection broke")))
 }
 
 /// Counts the archive bytes the extractor consumed and reports them as

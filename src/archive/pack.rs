@@ -885,6 +885,27 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
     }
 
+    /// The kernel's view of the open file: read-only, no atime update
+    /// (the test owns the file, so `O_NOATIME` is allowed), non-blocking.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn sources_are_opened_read_only_without_atime() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, "x").unwrap();
+        let file = open_source(&path).unwrap();
+        let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", file.as_raw_fd())).unwrap();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(|v| i32::from_str_radix(v.trim(), 8).unwrap())
+            .unwrap();
+        assert_eq!(flags & libc::O_ACCMODE, libc::O_RDONLY, "{flags:o}");
+        assert_ne!(flags & libc::O_NOATIME, 0, "{flags:o}");
+        assert_ne!(flags & libc::O_NONBLOCK, 0, "{flags:o}");
+    }
+
     #[test]
     fn prefixes_come_from_the_last_component_and_are_unique() {
         let dir = tempfile::tempdir().unwrap();

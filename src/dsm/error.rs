@@ -371,11 +371,14 @@ impl Error {
     }
 
     /// True when the NAS could not be reached at all (connection refused,
-    /// DNS failure, connect timeout, TLS refused, or HTTP 502–504 from the
-    /// web front-end when DSM behind it is down).
+    /// DNS failure, connect timeout, TLS refused, a connection that broke
+    /// while the request was sent, or HTTP 502–504 from the web front-end
+    /// when DSM behind it is down).
     pub fn is_unreachable(&self) -> bool {
         match self {
-            Self::Http { source, .. } => source.is_connect() || source.is_timeout(),
+            Self::Http { source, .. } => {
+                source.is_connect() || source.is_timeout() || source.is_request()
+            }
             Self::TlsRefused { .. } | Self::Timeout { .. } => true,
             // The NAS's web front-end answered, but DSM behind it did not
             // (booting, updating, overloaded): as unreachable as a dead link.

@@ -433,7 +433,8 @@ fn download_error(path: &str, e: std::io::Error) -> Error {
     }
 }
 
-/// Wraps a download body: idle timeout per chunk, byte count checked at the end.
+/// Wraps a download body: idle timeout per chunk, byte count checked
+/// against `expected` as soon as it is passed, and at the end.
 fn checked_stream(
     inner: ByteStream,
     idle: Duration,
@@ -458,7 +459,18 @@ fn checked_stream(
                 )),
                 Ok(Some(Ok(chunk))) => {
                     let count = count + chunk.len() as u64;
-                    Some((Ok(chunk), (inner, count, false)))
+                    match expected {
+                        // More than announced: stop at once, whatever follows.
+                        Some(expected) if count > expected => {
+                            let err = Error::LengthMismatch {
+                                path,
+                                expected,
+                                actual: count,
+                            };
+                            Some((Err(std::io::Error::other(err)), (inner, count, true)))
+                        }
+                        _ => Some((Ok(chunk), (inner, count, false))),
+                    }
                 }
                 Ok(Some(Err(e))) => Some((Err(e), (inner, count, true))),
                 Ok(None) => match expected {
@@ -641,6 +653,24 @@ mod tests {
         let mut s = checked_stream(stalled, Duration::from_millis(20), None, "/b/x".into());
         let err = s.next().await.unwrap().unwrap_err();
         assert!(matches!(download_error("/b/x", err), Error::Timeout { .. }));
+    }
+
+    #[tokio::test]
+    async fn checked_stream_stops_at_the_first_byte_past_the_length() {
+        // Endless: a body that never ends must be refused, not drained.
+        let endless = futures_util::stream::repeat_with(|| Ok(Bytes::from_static(b"abcd"))).boxed();
+        let mut s = checked_stream(endless, Duration::from_secs(5), Some(6), "/b/x".into());
+        assert!(s.next().await.unwrap().is_ok());
+        let err = s.next().await.unwrap().unwrap_err();
+        assert!(matches!(
+            download_error("/b/x", err),
+            Error::LengthMismatch {
+                expected: 6,
+                actual: 8,
+                ..
+            }
+        ));
+        assert!(s.next().await.is_none());
     }
 
     #[tokio::test]

@@ -14,10 +14,22 @@ use super::{FaultHandle, Shared, body::paced, params::Params, reply::http_error}
 /// Read size of the download stream.
 const CHUNK: usize = 256 * 1024;
 
+/// How aimed faults change one download's body.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Tamper {
+    /// Flip one byte of the first chunk (the corrupted-bytes fault).
+    pub corrupt: bool,
+    /// Cut the connection after this many bytes.
+    pub cut_after: Option<u64>,
+    /// Send this many filler bytes after the file, announced.
+    pub extra: u64,
+    /// Send filler bytes after the file for ever, no length announced.
+    pub endless: bool,
+}
+
 /// Answers a download of `path` (one file; folders and several paths, which
-/// DSM answers with a zip, are 404 here). With `corrupt`, one byte of the
-/// first chunk is flipped (the corrupted-bytes fault).
-pub(crate) async fn download(shared: &Shared, params: &Params, corrupt: bool) -> (Response, u64) {
+/// DSM answers with a zip, are 404 here), changed as `tamper` says.
+pub(crate) async fn download(shared: &Shared, params: &Params, tamper: Tamper) -> (Response, u64) {
     let paths = params.list("path").unwrap_or_default();
     let [path] = paths.as_slice() else {
         return (http_error(StatusCode::NOT_FOUND), 0);
@@ -36,14 +48,18 @@ pub(crate) async fn download(shared: &Shared, params: &Params, corrupt: bool) ->
         ReaderStream::with_capacity(file, CHUNK),
         shared.faults.get().slow_kib_per_sec,
     );
-    let stream = faulty(Box::pin(stream), shared.faults.clone(), corrupt);
+    let stream = faulty(Box::pin(stream), shared.faults.clone(), tamper.corrupt);
+    let stream = reshaped(stream, tamper);
     let mut response = Response::new(Body::from_stream(stream));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if !tamper.endless {
+        let announced = len.saturating_add(tamper.extra);
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(announced));
+    }
     if let Ok(value) = HeaderValue::from_str(&disposition(resolved.name())) {
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
@@ -89,6 +105,74 @@ where
                 bytes.truncate(usize::try_from(pass).unwrap_or(0));
             }
             Some((Ok(bytes), (inner, faults, corrupt, held)))
+        },
+    ))
+}
+
+/// Where [`reshaped`] is in the body.
+enum Part {
+    File,
+    /// Filler bytes still to send (`u64::MAX`: for ever).
+    Filler(u64),
+    Done,
+}
+
+/// Applies the cut and the extra bytes of `tamper` to a body.
+fn reshaped<S>(
+    inner: S,
+    tamper: Tamper,
+) -> impl futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> + Send + Unpin
+where
+    S: futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> + Send + Unpin + 'static,
+{
+    let filler = axum::body::Bytes::from(vec![b'Z'; CHUNK]);
+    let cut = move |sent: u64| tamper.cut_after.filter(|at| sent >= *at);
+    Box::pin(stream::unfold(
+        (inner, 0u64, Part::File),
+        move |(mut inner, sent, part)| {
+            let filler = filler.clone();
+            async move {
+                if matches!(part, Part::Done) {
+                    return None;
+                }
+                if cut(sent).is_some() {
+                    // Let what was sent reach the client first, as on a
+                    // link that dies mid-transfer.
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    let err = std::io::Error::other("download cut by an aimed fault");
+                    return Some((Err(err), (inner, sent, Part::Done)));
+                }
+                let (mut bytes, next) = match part {
+                    Part::Done => return None,
+                    Part::File => match inner.next().await {
+                        Some(Ok(bytes)) => (bytes, Part::File),
+                        Some(Err(err)) => return Some((Err(err), (inner, sent, Part::Done))),
+                        None if tamper.endless => {
+                            (axum::body::Bytes::new(), Part::Filler(u64::MAX))
+                        }
+                        None if tamper.extra > 0 => {
+                            (axum::body::Bytes::new(), Part::Filler(tamper.extra))
+                        }
+                        None => return None,
+                    },
+                    Part::Filler(0) => return None,
+                    Part::Filler(left) => {
+                        let n = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
+                        let left = if left == u64::MAX {
+                            left
+                        } else {
+                            left - n as u64
+                        };
+                        (filler.slice(..n), Part::Filler(left))
+                    }
+                };
+                if let Some(at) = tamper.cut_after {
+                    let room = usize::try_from(at - sent).unwrap_or(usize::MAX);
+                    bytes.truncate(room);
+                }
+                let sent = sent + bytes.len() as u64;
+                Some((Ok(bytes), (inner, sent, next)))
+            }
         },
     ))
 }

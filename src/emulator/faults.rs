@@ -89,8 +89,26 @@ pub enum FaultAction {
     /// hibernation).
     Delay(Duration),
     /// Uploads: store the file with one byte flipped, after answering
-    /// success. Downloads: serve it with one byte flipped.
+    /// success. Downloads: serve it with one byte flipped. MD5 task
+    /// starts: the task reports a digest that is not the file's.
     Corrupt,
+    /// Downloads: announce the whole file's length, send this many of its
+    /// bytes, then cut the connection (a link that dies mid-transfer).
+    /// Uploads: read this many bytes of the file part, then cut the
+    /// connection without an answer; nothing is stored. Other calls are
+    /// served normally.
+    CutAfter(u64),
+    /// Downloads: send the file followed by this many extra bytes, the
+    /// longer length announced (a NAS whose file grew, or a hostile one).
+    /// Other calls are served normally.
+    Longer(u64),
+    /// Downloads: send the file, then filler bytes for ever, with no
+    /// length announced (chunked). Other calls are served normally.
+    Endless,
+    /// Hold the call before serving it until the faults change (see
+    /// [`FaultHandle::is_holding`]), then serve it: lets a test kill a
+    /// client at an exact step (the MD5 task, a rename, the lock's delete).
+    Hold,
 }
 
 /// A fault aimed at particular calls: it hits the `nth` call (1-based)

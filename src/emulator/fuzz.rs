@@ -24,7 +24,12 @@ pub const BOUNDARY: &str = "synbackfuzz";
 /// One emulator, logged in, answering upload requests built from bytes.
 pub struct UploadHarness {
     runtime: tokio::runtime::Runtime,
-    _root: tempfile::TempDir,
+    base: tempfile::TempDir,
+    /// The emulator's root, two folders below `base` so that `../` escapes
+    /// land where they are seen.
+    root: PathBuf,
+    /// What `root` held before any upload.
+    root_names: Vec<std::ffi::OsString>,
     share: PathBuf,
     router: Router,
     sid: String,
@@ -43,18 +48,19 @@ impl UploadHarness {
     /// As [`Emulator::start`](super::Emulator::start), or
     /// [`Error::CreateFolder`] when the temporary root cannot be made.
     pub fn new() -> Result<Self, Error> {
-        let root = tempfile::tempdir().map_err(|source| Error::CreateFolder {
+        let base = tempfile::tempdir().map_err(|source| Error::CreateFolder {
             path: std::env::temp_dir(),
             source,
         })?;
+        let root = base.path().join("a").join("root");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|source| Error::CreateFolder {
-                path: root.path().to_path_buf(),
+                path: root.clone(),
                 source,
             })?;
-        let cfg = EmulatorConfig::new(root.path(), "fuzz", Secret::new("fuzz-password"));
+        let cfg = EmulatorConfig::new(&root, "fuzz", Secret::new("fuzz-password"));
         let shared = Shared::new(cfg)?;
         let share = shared.fs.shares.share_dir("backup");
         let mut params = Params::default();
@@ -66,9 +72,12 @@ impl UploadHarness {
             .and_then(|ok| ok.data.get("sid")?.as_str().map(str::to_owned))
             .unwrap_or_default();
         let router = server::router(Arc::clone(&shared));
+        let root_names = names(&root);
         Ok(Self {
             runtime,
-            _root: root,
+            base,
+            root,
+            root_names,
             share,
             router,
             sid,
@@ -83,7 +92,8 @@ impl UploadHarness {
     ///
     /// # Errors
     /// A description of a broken invariant: the answer is not a DSM JSON
-    /// envelope, or a temporary upload file was left behind.
+    /// envelope, a temporary upload file was left behind, something was
+    /// written outside the share, or a success stored nothing in it.
     pub fn run(&self, data: &[u8]) -> Result<bool, String> {
         let (head, body) = data.split_first().unwrap_or((&0, &[]));
         let version = 1 + u32::from(head % 3);
@@ -126,8 +136,34 @@ impl UploadHarness {
                 .and_then(serde_json::Value::as_bool)
                 .ok_or_else(|| format!("answer is not a DSM envelope: {value}"))?;
         }
+        self.check_places(success)?;
         self.check_and_clean()?;
         Ok(success)
+    }
+
+    /// Nothing appeared beside the share (in the root or above it); a
+    /// successful upload left a file inside the share.
+    fn check_places(&self, success: bool) -> Result<(), String> {
+        let found = names(self.base.path());
+        if found != [std::ffi::OsString::from("a")] {
+            return Err(format!(
+                "upload wrote beside the emulator's root: {found:?}"
+            ));
+        }
+        let found = self.root.parent().map(names).unwrap_or_default();
+        if found != [std::ffi::OsString::from("root")] {
+            return Err(format!(
+                "upload wrote beside the emulator's root: {found:?}"
+            ));
+        }
+        let found = names(&self.root);
+        if found != self.root_names {
+            return Err(format!("upload wrote outside the share: {found:?}"));
+        }
+        if success && !holds_a_file(&self.share) {
+            return Err("upload answered success but stored nothing in the share".into());
+        }
+        Ok(())
     }
 
     /// No temporary upload file may survive a request; then the share is
@@ -172,4 +208,39 @@ impl UploadHarness {
             None => Ok(()),
         }
     }
+}
+
+/// The sorted names in `dir` (none when it cannot be read).
+fn names(dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    names
+}
+
+/// True when a regular file (not a temporary upload) is somewhere in `dir`.
+fn holds_a_file(dir: &std::path::Path) -> bool {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file()
+                && !entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(UPLOAD_TEMP_PREFIX)
+            {
+                return true;
+            }
+        }
+    }
+    false
 }

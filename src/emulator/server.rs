@@ -354,8 +354,8 @@ async fn dispatch(
     if let Some(token) = call.params.string("SynoToken") {
         call.creds.token = Some(token);
     }
-    let corrupt = match aimed_faults(shared, call, file.as_mut(), rec).await {
-        Ok(corrupt) => corrupt,
+    let tamper = match aimed_faults(shared, call, file.as_mut(), rec).await {
+        Ok(tamper) => tamper,
         Err(response) => return response,
     };
     let checked = check_call(shared, call);
@@ -375,33 +375,35 @@ async fn dispatch(
         ("SYNO.API.Auth", "login") => login(shared, call, rec),
         ("SYNO.API.Auth", _) => api_reply(rec, shared.auth.logout(&call.creds)),
         ("SYNO.FileStation.Download", _) => {
-            let (response, len) = download::download(shared, &call.params, corrupt).await;
+            let (response, len) = download::download(shared, &call.params, tamper).await;
             rec.bytes_out = len;
             response
         }
         ("SYNO.FileStation.Upload", _) => {
             let result = match file {
-                Some(field) => upload::upload(shared, &call.params, version, field, corrupt).await,
+                Some(field) => {
+                    upload::upload(shared, &call.params, version, field, tamper.corrupt).await
+                }
                 None => Err(Fail::new(code::UPLOAD_NO_FILENAME)),
             };
             api_reply(rec, result)
         }
         (name, method) => {
-            let result = run_api(shared, name, method, &call.params).await;
+            let result = run_api(shared, name, method, &call.params, tamper.corrupt).await;
             api_reply(rec, result)
         }
     }
 }
 
 /// Applies the aimed faults that hit this call. `Err` is the answer to
-/// send instead of serving it; `Ok(true)` means "corrupt the stored or
-/// served bytes".
+/// send instead of serving it; `Ok` says how to change the stored or
+/// served bytes.
 async fn aimed_faults(
     shared: &Shared,
     call: &Call,
     file: Option<&mut axum::extract::multipart::Field<'_>>,
     rec: &mut Record,
-) -> Result<bool, Response> {
+) -> Result<download::Tamper, Response> {
     let mut names: Vec<String> = ["path", "file_path", "name", "dest_folder_path"]
         .iter()
         .filter_map(|key| call.params.string(key))
@@ -414,7 +416,7 @@ async fn aimed_faults(
         method: rec.method.as_deref(),
         names,
     });
-    let mut corrupt = false;
+    let mut tamper = download::Tamper::default();
     let mut file = file;
     for action in actions {
         match action {
@@ -428,7 +430,34 @@ async fn aimed_faults(
             }
             FaultAction::Corrupt => {
                 rec.fault = Some("aimed_corrupt");
-                corrupt = true;
+                tamper.corrupt = true;
+            }
+            FaultAction::CutAfter(bytes) => {
+                rec.fault = Some("aimed_cut");
+                if let Some(field) = file.as_mut() {
+                    let mut got = 0u64;
+                    while got < bytes {
+                        match field.chunk().await {
+                            Ok(Some(chunk)) => got += chunk.len() as u64,
+                            _ => break,
+                        }
+                    }
+                    call.kill.kill();
+                    return Err(http_error(StatusCode::BAD_GATEWAY));
+                }
+                tamper.cut_after = Some(bytes);
+            }
+            FaultAction::Longer(bytes) => {
+                rec.fault = Some("aimed_longer");
+                tamper.extra = bytes;
+            }
+            FaultAction::Endless => {
+                rec.fault = Some("aimed_endless");
+                tamper.endless = true;
+            }
+            FaultAction::Hold => {
+                rec.fault = Some("aimed_hold");
+                shared.faults.hold().await;
             }
             FaultAction::Drop => {
                 rec.fault = Some("aimed_drop");
@@ -453,7 +482,7 @@ async fn aimed_faults(
             }
         }
     }
-    Ok(corrupt)
+    Ok(tamper)
 }
 
 /// Validates api, version and method (101–104), then the session (106,
@@ -509,7 +538,14 @@ fn login(shared: &Shared, call: &Call, rec: &mut Record) -> Response {
 }
 
 /// Runs a JSON API call (everything but Info, Auth, Upload, Download).
-async fn run_api(shared: &Shared, api: &str, method: &str, params: &Params) -> ApiResult {
+/// With `corrupt`, an MD5 task reports a digest that is not the file's.
+async fn run_api(
+    shared: &Shared,
+    api: &str,
+    method: &str,
+    params: &Params,
+    corrupt: bool,
+) -> ApiResult {
     let ctx = shared.fs.clone();
     let params = params.clone();
     let min = shared.faults.get().task_min_duration;
@@ -546,12 +582,25 @@ async fn run_api(shared: &Shared, api: &str, method: &str, params: &Params) -> A
             .await
         }
         (api, "start") => {
-            let (kind, job) = task_job(&ctx, api, &params)?;
+            let (kind, mut job) = task_job(&ctx, api, &params)?;
+            if corrupt && api == "SYNO.FileStation.MD5" {
+                job = Box::new(move |cancel| job(cancel).map(wrong_md5));
+            }
             let id = shared.tasks.start(kind, min, job);
             Ok(Some(json!({ "taskid": id })))
         }
         (api, method) => task_call(shared, api, method, &params),
     }
+}
+
+/// An MD5 task result whose digest's first digit is changed.
+fn wrong_md5(mut result: serde_json::Value) -> serde_json::Value {
+    if let Some(md5) = result.get_mut("md5") {
+        let digest = md5.as_str().unwrap_or_default();
+        let first = if digest.starts_with('0') { "1" } else { "0" };
+        *md5 = serde_json::Value::from(format!("{first}{}", digest.get(1..).unwrap_or_default()));
+    }
+    result
 }
 
 /// Checks the paths of a task `start` and prepares its work.

@@ -6,7 +6,12 @@
 //! lists only complete snapshots and each verifies; the next backup takes
 //! over the dead run's lock and removes its leftovers; a killed restore
 //! never leaves a file under its final name with other bytes than the
-//! snapshot's.
+//! snapshot's, and the volumes it spooled are removed by the next restore.
+//!
+//! The backup kill offsets are random (a seed printed by the test;
+//! `SYNBACK_CRASH_SEED` repeats a run); the steps no offset reaches (MD5
+//! task, renames, manifest upload, lock delete) are held and killed by an
+//! aimed `Hold` fault.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -63,8 +68,27 @@ impl Bench {
         Agent::new(Config::load(&self.config, &ConfigEnv::new()).unwrap())
     }
 
+    /// The temp folder the binary is given (`TMPDIR`): where a restore
+    /// spools its volumes.
+    fn tmp(&self) -> PathBuf {
+        let tmp = self.dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        tmp
+    }
+
+    /// Volumes spooled by restores and not removed.
+    fn spooled(&self) -> Vec<String> {
+        std::fs::read_dir(self.tmp())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("synback-restore-"))
+            .collect()
+    }
+
     fn spawn(&self, args: &[&str]) -> Child {
         Command::new(env!("CARGO_BIN_EXE_synback"))
+            .env("TMPDIR", self.tmp())
             .arg("--config")
             .arg(&self.config)
             .args(args)
@@ -167,38 +191,51 @@ async fn kill_9_during_backup_and_restore_leaves_consistent_state() {
     let baseline_files = bench.job_files();
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
+    // The lock is the first upload: a kill past its bytes must leave it.
+    let lock_bytes = bench
+        .nas
+        .request_log()
+        .iter()
+        .find(|r| r.api.as_deref() == Some("SYNO.FileStation.Upload"))
+        .map(|r| r.bytes_in)
+        .unwrap();
+
+    let seed = crash_seed();
+    println!("crash seed {seed} (SYNBACK_CRASH_SEED={seed} repeats these offsets)");
+    let offsets = random_offsets(seed, upload_total, BACKUP_KILLS);
     let mut kills = 0;
     let mut left_partials = 0;
     let mut left_locks = 0;
-    let mut offsets = Vec::new();
-    for i in 1..=BACKUP_KILLS {
-        let offset = upload_total * i / (BACKUP_KILLS + 1);
-        offsets.push(offset);
+    for &offset in &offsets {
         faults.set(Default::default());
         faults.update(|f| f.hold_uploads_at = Some(offset));
         let child = bench.spawn(&["backup"]);
         let killed = kill_when_held(child, &faults).await;
         assert!(
             killed,
-            "the run ended before byte {offset} of {upload_total}"
+            "the run ended before byte {offset} of {upload_total} (seed {seed})"
         );
         kills += 1;
         faults.clear();
         let ids = bench.verified_snapshots().await;
-        assert_eq!(ids, baseline, "after a kill at byte {offset}");
+        assert_eq!(ids, baseline, "after a kill at byte {offset} (seed {seed})");
         let files = bench.job_files();
         left_partials += usize::from(
             files
                 .iter()
                 .any(|n| n != ".lock" && !baseline_files.contains(n)),
         );
-        left_locks += usize::from(files.iter().any(|n| n == ".lock"));
+        let locked = files.iter().any(|n| n == ".lock");
+        assert!(
+            locked || offset < lock_bytes,
+            "a kill at byte {offset}, after the {lock_bytes}-byte lock upload, left no lock (seed {seed})"
+        );
+        left_locks += usize::from(locked);
     }
     assert!(
         left_locks > 0 && left_partials > 0,
-        "the kills hit running transfers"
+        "the kills hit running transfers (seed {seed})"
     );
-    offsets.dedup();
     assert_eq!(offsets.len() as u64, BACKUP_KILLS, "distinct positions");
 
     // The next run takes over the dead lock and removes every leftover.
@@ -255,13 +292,128 @@ async fn kill_9_during_backup_and_restore_leaves_consistent_state() {
         finished_files > 0,
         "some kills must land after files were finished"
     );
+    // Killed restores leave spooled volumes in the temp folder; the next
+    // restore removes those of dead processes.
+    let spooled_after_kills = bench.spooled().len();
+    // Each kill held a volume download, so its spool file is there (the
+    // earlier kills' were removed by the restore after them).
+    assert!(
+        spooled_after_kills > 0,
+        "a killed restore left no spool file"
+    );
+    let again = bench.dir.path().join("restore-again");
+    let again_arg = again.display().to_string();
+    assert_eq!(
+        bench
+            .run(&["restore", "latest", "--target", &again_arg])
+            .await,
+        0
+    );
+    assert!(bench.spooled().is_empty(), "{:?}", bench.spooled());
     println!(
         "crash consistency: {kills} backup kills at distinct offsets of a {upload_total}-byte upload stream \
          (a dead lock left {left_locks} times, uploads without a manifest {left_partials} times, all taken over and removed), \
          {restore_kills} restore kills over a {total}-byte download stream \
-         ({finished_files} files finished before the kills, all intact), {:.1} s",
+         ({finished_files} files finished before the kills, all intact; {spooled_after_kills} spooled volumes left, \
+         removed by the next restore), seed {seed}, {:.1} s",
         started.elapsed().as_secs_f64(),
     );
+}
+
+/// `SYNBACK_CRASH_SEED`, or one from the clock (printed by the test).
+fn crash_seed() -> u64 {
+    std::env::var("SYNBACK_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
+
+/// `n` distinct offsets in `1..total`, sorted, drawn from `seed`.
+fn random_offsets(seed: u64, total: u64, n: u64) -> Vec<u64> {
+    let mut x = seed | 1;
+    let mut offsets = std::collections::BTreeSet::new();
+    while (offsets.len() as u64) < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        offsets.insert(1 + x % (total - 1));
+    }
+    offsets.into_iter().collect()
+}
+
+/// The steps around the commit, where no byte offset reaches: the run is
+/// held at the call and killed there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_each_commit_step_leaves_consistent_state() {
+    use synback::emulator::{AimedFault, FaultAction};
+    let bench = Bench::new().await;
+    let faults = bench.nas.faults();
+    assert_eq!(bench.run(&["backup"]).await, 0);
+    let mut known = bench.verified_snapshots().await;
+    let steps = [
+        (
+            "first MD5 task",
+            AimedFault::new("SYNO.FileStation.MD5", FaultAction::Hold).method("start"),
+        ),
+        (
+            "first rename",
+            AimedFault::new("SYNO.FileStation.Rename", FaultAction::Hold),
+        ),
+        (
+            "manifest upload",
+            AimedFault::new("SYNO.FileStation.Upload", FaultAction::Hold)
+                .name_contains(".manifest.json"),
+        ),
+        (
+            "manifest rename (the commit)",
+            AimedFault::new("SYNO.FileStation.Rename", FaultAction::Hold)
+                .name_contains(".manifest.json"),
+        ),
+        (
+            "lock delete",
+            AimedFault::new("SYNO.FileStation.Delete", FaultAction::Hold).name_contains(".lock"),
+        ),
+    ];
+    for (step, aimed) in steps {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        faults.set(Default::default());
+        faults.update(|f| f.aimed = vec![aimed]);
+        let child = bench.spawn(&["backup"]);
+        assert!(kill_when_held(child, &faults).await, "{step}: never held");
+        faults.clear();
+        let ids = bench.verified_snapshots().await;
+        assert!(
+            known.iter().all(|id| ids.contains(id)),
+            "{step}: {ids:?} lost one of {known:?}"
+        );
+        let new = ids.len() - known.len();
+        let committed = step == "lock delete";
+        assert_eq!(new, usize::from(committed), "{step}: {ids:?}");
+        assert!(
+            bench.job_files().iter().any(|n| n == ".lock"),
+            "{step}: no dead lock"
+        );
+        // The next run takes over and leaves nothing behind.
+        assert_eq!(bench.run(&["backup"]).await, 0, "{step}: the next run");
+        known = bench.verified_snapshots().await;
+        let listing = bench.agent().snapshots("home").await.unwrap();
+        assert!(
+            listing.orphans.is_empty() && listing.partials.is_empty(),
+            "{step}: {:?}",
+            bench.job_files()
+        );
+        let left: Vec<String> = bench
+            .job_files()
+            .into_iter()
+            .filter(|n| n.ends_with(".partial") || n == ".lock")
+            .collect();
+        assert!(left.is_empty(), "{step}: {left:?}");
+    }
 }
 
 /// Regular files under `dir` with final names. Also called while a restore

@@ -203,10 +203,12 @@ enum Fault {
     DiskFull,
     Quota,
     Http502Always,
+    Cut,
+    CutAlways,
 }
 
 impl Fault {
-    const ALL: [Fault; 9] = [
+    const ALL: [Fault; 11] = [
         Fault::Drop,
         Fault::Http502,
         Fault::Busy,
@@ -216,6 +218,8 @@ impl Fault {
         Fault::DiskFull,
         Fault::Quota,
         Fault::Http502Always,
+        Fault::Cut,
+        Fault::CutAlways,
     ];
 
     fn label(self) -> &'static str {
@@ -229,6 +233,8 @@ impl Fault {
             Fault::DiskFull => "disk full 416",
             Fault::Quota => "quota 415",
             Fault::Http502Always => "502 always",
+            Fault::Cut => "cut mid-body",
+            Fault::CutAlways => "cut always",
         }
     }
 
@@ -242,16 +248,26 @@ impl Fault {
             Fault::Corrupt => FaultAction::Corrupt,
             Fault::DiskFull => FaultAction::Code(416),
             Fault::Quota => FaultAction::Code(415),
+            // 64 KiB of the body (a download announced in full), then the
+            // link dies.
+            Fault::Cut | Fault::CutAlways => FaultAction::CutAfter(64 << 10),
         }
     }
 
     /// Why this fault cannot happen in `phase`, if it cannot.
     fn not_applicable(self, phase: Phase) -> Option<&'static str> {
         match self {
-            Fault::Corrupt if !phase.is_upload() && phase != Phase::Download => {
+            // At the MD5 task: the NAS reports a digest that is not the
+            // file's.
+            Fault::Corrupt
+                if !phase.is_upload() && !matches!(phase, Phase::Download | Phase::Md5) =>
+            {
                 Some("no bytes stored or served")
             }
             Fault::DiskFull | Fault::Quota if !phase.is_upload() => Some("nothing stored"),
+            Fault::Cut | Fault::CutAlways if !phase.is_upload() && phase != Phase::Download => {
+                Some("no body sent")
+            }
             Fault::SessionExpired | Fault::Busy if phase == Phase::Login => Some("no session yet"),
             _ => None,
         }
@@ -278,6 +294,12 @@ fn expected(fault: Fault, phase: Phase) -> Expect {
         (Fault::Http502Always, _) => Expect::Fail(5, &["502", "run again"]),
         // Bytes that differ from the manifest's SHA-256 are never extracted.
         (Fault::Corrupt, Phase::Download) => Expect::Fail(4, &["corrupt", "verify"]),
+        // A link that dies in every attempt: a connection problem, not
+        // corruption.
+        (Fault::CutAlways, Phase::Download) => {
+            Expect::Fail(5, &["broke off", "run the restore again"])
+        }
+        (Fault::CutAlways, _) => Expect::Fail(5, &["not answering", "run again"]),
         _ => Expect::Ok,
     }
 }
@@ -333,20 +355,21 @@ async fn run_cell(tpl: &Template, fault: Fault, phase: Phase) -> Outcome {
     let agent = agent(&config);
     let mut problems = Vec::new();
     let aimed = phase.aim(fault.action()).times(match fault {
-        Fault::Http502Always => None,
+        Fault::Http502Always | Fault::CutAlways => None,
         _ => Some(1),
     });
     nas.faults().update(|f| f.aimed = vec![aimed]);
 
     let restore_dir = cell.path().join("restore");
+    // What retention deleted (nothing for a restore).
     let result = match phase {
         Phase::Download => crate::support::restore_latest(&agent, &restore_dir, false)
             .await
-            .map(|_| ()),
+            .map(|_| Vec::new()),
         _ => agent
             .backup("home", CancellationToken::new())
             .await
-            .map(|_| ()),
+            .map(|report| report.forgotten),
     };
     if nas.faults().aimed_hits() == 0 {
         problems.push("the fault never fired".to_owned());
@@ -354,10 +377,22 @@ async fn run_cell(tpl: &Template, fault: Fault, phase: Phase) -> Outcome {
     nas.faults().clear();
 
     let text = match (&result, expected(fault, phase)) {
-        (Ok(()), Expect::Ok) if fault == Fault::Http502Always => {
-            "ok, retention left for the next run".to_owned()
+        (Ok(forgotten), Expect::Ok) if phase == Phase::Retention => {
+            // keep_last = 1: the earlier snapshot goes, unless every delete
+            // failed; then it stays for the next run.
+            let want = match fault {
+                Fault::Http502Always => Vec::new(),
+                _ => vec![tpl.baseline.clone()],
+            };
+            if *forgotten != want {
+                problems.push(format!("retention forgot {forgotten:?}, not {want:?}"));
+            }
+            match fault {
+                Fault::Http502Always => "ok, retention left for the next run".to_owned(),
+                _ => "retried-ok".to_owned(),
+            }
         }
-        (Ok(()), Expect::Ok) => "retried-ok".to_owned(),
+        (Ok(_), Expect::Ok) => "retried-ok".to_owned(),
         (Err(err), Expect::Fail(code, words)) => {
             let message = format!("{}\n{}", chain(err), err.hint().unwrap_or_default());
             if err.exit_code() != code {
@@ -379,7 +414,7 @@ async fn run_cell(tpl: &Template, fault: Fault, phase: Phase) -> Outcome {
             }
             format!("failed-clean, exit {}", err.exit_code())
         }
-        (Ok(()), Expect::Fail(code, _)) => {
+        (Ok(_), Expect::Fail(code, _)) => {
             problems.push(format!("succeeded, expected exit {code}"));
             "UNEXPECTED ok".to_owned()
         }
@@ -389,7 +424,15 @@ async fn run_cell(tpl: &Template, fault: Fault, phase: Phase) -> Outcome {
         }
     };
 
-    check_state(&agent, &nas, tpl, phase, result.is_ok(), &mut problems).await;
+    check_state(
+        &agent,
+        &nas,
+        tpl,
+        (phase, fault),
+        result.is_ok(),
+        &mut problems,
+    )
+    .await;
     if phase == Phase::Download {
         check_restored(
             &tpl.source,
@@ -418,6 +461,12 @@ async fn run_cell(tpl: &Template, fault: Fault, phase: Phase) -> Outcome {
                         job_files(&nas)
                     ));
                 }
+                // What retention left is gone now: keep_last = 1 keeps
+                // only the next run's snapshot.
+                let ids: Vec<String> = listing.snapshots.iter().map(|s| s.id.to_string()).collect();
+                if phase == Phase::Retention && ids.len() != 1 {
+                    problems.push(format!("after the next run retention kept {ids:?}"));
+                }
             }
             Err(err) => problems.push(format!("the next run failed: {}", chain(&err))),
         }
@@ -431,7 +480,7 @@ async fn check_state(
     agent: &Agent,
     nas: &Emulator,
     tpl: &Template,
-    phase: Phase,
+    (phase, fault): (Phase, Fault),
     ok: bool,
     problems: &mut Vec<String>,
 ) {
@@ -466,8 +515,10 @@ async fn check_state(
         Phase::Download => 0,
         _ => usize::from(ok),
     };
-    let expected = match phase {
-        Phase::Retention => (1..=2).contains(&ids.len()),
+    let expected = match (phase, fault) {
+        // Every delete failed: the earlier snapshot is still there.
+        (Phase::Retention, Fault::Http502Always) => ids.len() == 2 && ids.contains(&tpl.baseline),
+        (Phase::Retention, _) => ids.len() == 1 && !ids.contains(&tpl.baseline),
         _ => ids.len() == 1 + runs,
     };
     if !expected {
@@ -586,5 +637,38 @@ async fn fault_matrix() {
         })
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    check_doc_table(&table(&results));
     assert!(tpl.dir.path().exists());
+}
+
+const DOC: &str = "docs/RELIABILITY.md";
+const BEGIN: &str = "<!-- fault-matrix:begin (written by tests/it/faults.rs) -->";
+const END: &str = "<!-- fault-matrix:end -->";
+
+/// The table in `docs/RELIABILITY.md` (between the markers) is the one
+/// this run computed. `SYNBACK_WRITE_DOCS=1` writes it there instead.
+fn check_doc_table(computed: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DOC);
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let (Some(begin), Some(end)) = (doc.find(BEGIN), doc.find(END)) else {
+        panic!("{DOC} lacks the markers {BEGIN:?} … {END:?}");
+    };
+    let documented = doc[begin + BEGIN.len()..end].trim();
+    if documented == computed.trim() {
+        return;
+    }
+    if std::env::var_os("SYNBACK_WRITE_DOCS").is_some() {
+        let updated = format!(
+            "{}{BEGIN}\n{}\n{}",
+            &doc[..begin],
+            computed.trim(),
+            &doc[end..]
+        );
+        std::fs::write(&path, updated).unwrap();
+        return;
+    }
+    panic!(
+        "the fault matrix in {DOC} differs from this run's (rerun with SYNBACK_WRITE_DOCS=1 to write it):\n{}\n--- documented:\n{documented}",
+        computed.trim()
+    );
 }

@@ -87,6 +87,24 @@ fn harnesses_see_what_they_check() {
     assert!(summary.files >= 2, "{summary:?}");
     let hostile = std::fs::read(corpus_dir("archive").join("hostile-planted.tar.zst")).unwrap();
     fuzzing::archive(&hostile).unwrap();
+    // Each of the archive harness's checks fires when its rule is broken.
+    use fuzzing::Sabotage;
+    for overwrite in [false, true] {
+        fuzzing::archive_sabotaged(&real, overwrite, Sabotage::None).unwrap();
+    }
+    let canary = std::env::temp_dir().join(fuzzing::ESCAPE_CANARY);
+    for (sabotage, says) in [
+        (Sabotage::Beside, "outside its target"),
+        (Sabotage::FarAbove, "outside its target"),
+        (Sabotage::ThroughLink, "through a symlink"),
+        (Sabotage::ReplaceLink, "replaced an existing name"),
+        (Sabotage::Canary, fuzzing::ESCAPE_CANARY),
+    ] {
+        let _ = std::fs::remove_file(&canary);
+        let err = fuzzing::archive_sabotaged(&real, false, sabotage).unwrap_err();
+        assert!(err.contains(says), "{sabotage:?}: {err}");
+    }
+    assert!(!canary.exists());
     // The emulator harness really uploads: a valid body answers success.
     let ok = multipart(
         2,
@@ -183,6 +201,11 @@ fn pack(source: &Path, recipients: &[&str]) -> Vec<u8> {
 
 /// A tar stream with raw names (the `tar` crate's builder refuses `..`).
 fn raw_tar(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
+    zstd::encode_all(&plain_tar(entries)[..], 3).unwrap()
+}
+
+/// [`raw_tar`] before compression.
+fn plain_tar(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, kind, link, data) in entries {
         let mut header = tar::Header::new_ustar();
@@ -199,7 +222,68 @@ fn raw_tar(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
         out.resize(out.len().div_ceil(512) * 512, 0);
     }
     out.resize(out.len() + 1024, 0);
-    zstd::encode_all(&out[..], 3).unwrap()
+    out
+}
+
+/// Path-ish names from parts that hostile archives use.
+fn hostile_name() -> impl Strategy<Value = String> {
+    let part = prop::sample::select(vec![
+        "..",
+        ".",
+        "planted",
+        "d",
+        "x",
+        "",
+        "tmp",
+        fuzzing::ESCAPE_CANARY,
+    ]);
+    (any::<bool>(), proptest::collection::vec(part, 1..5)).prop_map(|(absolute, parts)| {
+        let name = parts.join("/");
+        let name = if absolute { format!("/{name}") } else { name };
+        name.chars().take(99).collect()
+    })
+}
+
+fn entry_kind() -> impl Strategy<Value = tar::EntryType> {
+    prop::sample::select(vec![
+        tar::EntryType::Regular,
+        tar::EntryType::Directory,
+        tar::EntryType::Symlink,
+        tar::EntryType::Link,
+    ])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Well-formed zstd around a tar whose entries are hostile names,
+    /// links and hard links (plus, sometimes, one mutated header byte):
+    /// they get past the decoder and into the extractor's checks, unlike
+    /// random bytes. Through both archive harnesses, plain and under age.
+    #[test]
+    fn structured_hostile_archives_never_escape(
+        entries in proptest::collection::vec((hostile_name(), entry_kind(), hostile_name(), proptest::collection::vec(any::<u8>(), 0..64)), 1..6),
+        flip in proptest::option::of((any::<prop::sample::Index>(), any::<u8>())),
+    ) {
+        let raw: Vec<(&str, tar::EntryType, &str, &[u8])> = entries
+            .iter()
+            .map(|(name, kind, link, data)| (name.as_str(), *kind, link.as_str(), &data[..]))
+            .collect();
+        let mut tar = plain_tar(&raw);
+        if let Some((at, byte)) = flip {
+            let i = at.index(tar.len());
+            tar[i] = byte;
+        }
+        let stream = zstd::encode_all(&tar[..], 3).unwrap();
+        if let Err(broken) = fuzzing::archive(&stream) {
+            panic!("archive: {broken}");
+        }
+        let mut under_age = vec![1u8];
+        under_age.extend_from_slice(&stream);
+        if let Err(broken) = fuzzing::archive_age(&under_age) {
+            panic!("archive_age: {broken}");
+        }
+    }
 }
 
 #[tokio::test]

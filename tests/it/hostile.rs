@@ -93,6 +93,147 @@ async fn fake_nas(reply: Reply) -> Fake {
     Fake { addr, reply, calls }
 }
 
+/// A fake NAS that answers API.Info, login, an MD5 task start and a
+/// logout properly and gives `reply` to the one call whose method is
+/// `hostile` (`login`, `status` of the MD5 task, `upload`). Reads the
+/// method from the query string or a urlencoded body, so uploads
+/// (multipart, method in the query) reach it too.
+async fn fake_nas_hostile_at(hostile: &'static str, reply: Arc<Mutex<Reply>>) -> SocketAddr {
+    use axum::{Router, extract::RawQuery, routing::post};
+    let handler = move |RawQuery(query): RawQuery, body: axum::body::Bytes| {
+        let reply = reply.clone();
+        async move {
+            let find = |text: &str| {
+                text.split('&')
+                    .find_map(|kv| kv.strip_prefix("method="))
+                    .map(str::to_owned)
+            };
+            let method = query
+                .as_deref()
+                .and_then(find)
+                .or_else(|| find(&String::from_utf8_lossy(&body)))
+                .unwrap_or_default();
+            let json = |v: serde_json::Value| {
+                Response::builder()
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(v.to_string()))
+                    .unwrap()
+            };
+            if method == hostile {
+                return match reply.lock().unwrap().clone() {
+                    Reply::Raw(kind, body) => Response::builder()
+                        .header(header::CONTENT_TYPE, kind)
+                        .body(Body::from(body))
+                        .unwrap(),
+                    Reply::Endless { .. } => unreachable!("not used here"),
+                };
+            }
+            match method.as_str() {
+                "query" => json(serde_json::json!({"success": true, "data": {
+                    "SYNO.API.Auth": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 7},
+                    "SYNO.FileStation.MD5": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 2},
+                    "SYNO.FileStation.List": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 2},
+                    "SYNO.FileStation.Delete": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 2},
+                    "SYNO.FileStation.Rename": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 2},
+                    "SYNO.FileStation.Upload": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 3},
+                }})),
+                "login" => json(
+                    serde_json::json!({"success": true, "data": {"sid": "fake-sid", "synotoken": "fake-token"}}),
+                ),
+                "start" => json(serde_json::json!({"success": true, "data": {"taskid": "t1"}})),
+                _ => json(serde_json::json!({"success": true})),
+            }
+        }
+    };
+    let router = Router::new().route("/webapi/{cgi}", post(handler));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+/// Huge, truncated, non-JSON and mistyped replies to the login, to an MD5
+/// task's status and to an upload: each refused with an error naming the
+/// call, quickly.
+#[tokio::test]
+async fn hostile_replies_to_login_md5_status_and_upload_are_refused() {
+    let cases: Vec<(&str, Reply, &str)> = vec![
+        (
+            "huge",
+            Reply::Raw("application/json", vec![b' '; 6 << 20]),
+            "larger than",
+        ),
+        (
+            "truncated JSON",
+            Reply::Raw(
+                "application/json",
+                br#"{"success":true,"data":{"sid":"#.to_vec(),
+            ),
+            "cannot decode",
+        ),
+        (
+            "HTML login page",
+            Reply::Raw("text/html", b"<!DOCTYPE html><html>login</html>".to_vec()),
+            "cannot decode",
+        ),
+        (
+            "wrong types in data",
+            Reply::Raw(
+                "application/json",
+                br#"{"success":true,"data":{"sid":7,"finished":"yes","md5":[1]}}"#.to_vec(),
+            ),
+            "",
+        ),
+        (
+            "success not a bool",
+            Reply::Raw("application/json", br#"{"success":"yes"}"#.to_vec()),
+            "cannot decode",
+        ),
+    ];
+    for (call, names) in [
+        ("login", "SYNO.API.Auth.login"),
+        ("status", "SYNO.FileStation.MD5.status"),
+        ("upload", "SYNO.FileStation.Upload.upload"),
+    ] {
+        let reply = Arc::new(Mutex::new(Reply::Raw("application/json", Vec::new())));
+        let addr = fake_nas_hostile_at(call, reply.clone()).await;
+        for (case, hostile, expect) in &cases {
+            if call == "upload" && *case == "wrong types in data" {
+                // An upload's data is not used (the MD5 task proves the
+                // file), so only the envelope's types matter.
+                continue;
+            }
+            *reply.lock().unwrap() = hostile.clone();
+            let started = Instant::now();
+            let result = async {
+                let client = Client::connect(opts(format!("http://{addr}"))).await?;
+                match call {
+                    "status" => client
+                        .md5("/backup/x", &CancellationToken::new())
+                        .await
+                        .map(drop),
+                    _ => {
+                        let body = synback::dsm::UploadBody::Bytes(bytes::Bytes::from_static(b"x"));
+                        client
+                            .upload("/backup", "x", body, Default::default())
+                            .await
+                    }
+                }
+            }
+            .await;
+            let err = result.expect_err(&format!("{call} {case}: accepted"));
+            let text = synback::error_chain(&err);
+            assert!(text.contains(expect), "{call} {case}: {text}");
+            assert!(text.contains(names), "{call} {case}: {text}");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{call} {case}: took {:?}",
+                started.elapsed()
+            );
+        }
+    }
+}
+
 fn opts(url: String) -> ClientOptions {
     let mut opts = ClientOptions::new(url, "backup", Secret::new("pw"));
     opts.retry = RetryPolicy::none();
@@ -304,6 +445,42 @@ async fn an_md5_that_never_matches_commits_nothing() {
     );
 }
 
+/// The emulator itself lies: every MD5 task of the job reports a digest
+/// that is not the file's. The backup retries, then fails naming the MD5
+/// mismatch (exit 4); no manifest is written and no snapshot is listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nas_whose_md5_task_never_matches_commits_nothing() {
+    use synback::emulator::{AimedFault, FaultAction};
+    let world = World::new("").await;
+    world.nas.faults().update(|f| {
+        f.aimed = vec![
+            AimedFault::new("SYNO.FileStation.MD5", FaultAction::Corrupt)
+                .method("start")
+                .times(None),
+        ];
+    });
+    let agent = world.agent();
+    let err = agent
+        .backup("home", CancellationToken::new())
+        .await
+        .unwrap_err();
+    let text = synback::error_chain(&err);
+    assert!(world.nas.faults().aimed_hits() >= 2, "not retried");
+    assert_eq!(err.exit_code(), 4, "{text}");
+    assert!(text.contains("MD5"), "{text}");
+    assert!(text.contains(".tar.zst"), "{text}");
+    world.nas.faults().clear();
+    assert!(agent.snapshots("home").await.unwrap().snapshots.is_empty());
+    assert!(
+        !world
+            .remote_names()
+            .iter()
+            .any(|n| n.ends_with(".manifest.json")),
+        "{:?}",
+        world.remote_names()
+    );
+}
+
 fn opts_with_password(url: String) -> ClientOptions {
     let mut opts = ClientOptions::new(
         url,
@@ -340,10 +517,13 @@ async fn volumes_shorter_or_longer_than_written_are_refused_on_restore() {
             .await
             .unwrap_err();
         let text = synback::error_chain(&err);
-        assert!(
-            text.contains(&volume) || text.contains("size") || text.contains("SHA-256"),
-            "{name}: {text}"
+        let said = format!(
+            "volume {volume} is corrupt: the NAS lists {} bytes, the manifest recorded {}",
+            bytes.len(),
+            original.len()
         );
+        assert!(text.contains(&said), "{name}: {text}");
+        assert_eq!(err.exit_code(), 4, "{name}: {text}");
         assert_eq!(
             std::fs::read_to_string(target.join("data/docs/a.txt")).unwrap(),
             "mine, keep me",
@@ -382,4 +562,161 @@ async fn a_certificate_that_changes_under_pinning_is_refused() {
     let err = Client::connect(pinned).await.unwrap_err();
     assert!(matches!(err, Error::TlsRefused { .. }), "{err:?}");
     assert!(err.to_string().contains("pin_sha256"), "{err}");
+}
+
+/// Restores the latest snapshot of `home` into `target`, over a local file
+/// `data/docs/a.txt` that must survive, spooling into `spool`.
+async fn restore_over_mine(
+    agent: &synback::agent::Agent,
+    target: &std::path::Path,
+    spool: &std::path::Path,
+) -> Result<synback::restore::RestoreReport, synback::agent::Error> {
+    std::fs::create_dir_all(target.join("data/docs")).unwrap();
+    std::fs::write(target.join("data/docs/a.txt"), "mine, keep me").unwrap();
+    std::fs::create_dir_all(spool).unwrap();
+    let mut opts = synback::restore::RestoreOptions::default();
+    opts.target_dir = target.to_path_buf();
+    opts.overwrite = true;
+    opts.spool_dir = Some(spool.to_path_buf());
+    agent
+        .restore(
+            "home",
+            &synback::restore::Selector::Latest,
+            opts,
+            None,
+            CancellationToken::new(),
+        )
+        .await
+}
+
+fn assert_untouched(target: &std::path::Path, spool: &std::path::Path, case: &str) {
+    assert_eq!(
+        std::fs::read_to_string(target.join("data/docs/a.txt")).unwrap(),
+        "mine, keep me",
+        "{case}: a local file was overwritten"
+    );
+    let left: Vec<_> = std::fs::read_dir(spool).unwrap().collect();
+    assert!(left.is_empty(), "{case}: spool files left: {left:?}");
+}
+
+fn downloads(world: &World) -> usize {
+    world
+        .nas
+        .request_log()
+        .iter()
+        .filter(|r| r.api.as_deref() == Some("SYNO.FileStation.Download"))
+        .count()
+}
+
+/// The first volume download (the manifest is the 1st download).
+fn volume_download(action: synback::emulator::FaultAction) -> synback::emulator::AimedFault {
+    synback::emulator::AimedFault::new("SYNO.FileStation.Download", action)
+        .name_contains(".tar.zst")
+}
+
+/// A connection that breaks in the middle of a volume download (the full
+/// length announced, a part sent, then cut) is resumed; one that keeps
+/// breaking fails the restore as a connection problem (exit 5), not as
+/// corruption, with the cause kept, and nothing local changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_cut_midway_is_resumed_and_a_dead_link_is_exit_5() {
+    use synback::emulator::FaultAction;
+    let world = World::new("").await;
+    let agent = world.agent();
+    agent
+        .backup("home", CancellationToken::new())
+        .await
+        .unwrap();
+    let cut = FaultAction::CutAfter(300_000);
+
+    world
+        .nas
+        .faults()
+        .update(|f| f.aimed = vec![volume_download(cut.clone()).times(Some(2))]);
+    let before = downloads(&world);
+    let target = world.restore_dir("resumed");
+    crate::support::restore_latest(&agent, &target, false)
+        .await
+        .unwrap();
+    assert_eq!(world.nas.faults().aimed_hits(), 2);
+    assert!(
+        downloads(&world) - before >= 4,
+        "the volume was not fetched again"
+    );
+    let diffs = crate::support::tree_diff(&world.source, &target.join("data"), &|_| false);
+    assert!(diffs.is_empty(), "{diffs:?}");
+
+    // verify --deep streams the volume: resumed the same way.
+    world
+        .nas
+        .faults()
+        .update(|f| f.aimed = vec![volume_download(cut.clone())]);
+    agent
+        .verify(
+            "home",
+            &synback::restore::Selector::Latest,
+            synback::agent::VerifyMode::Deep,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(world.nas.faults().aimed_hits(), 1);
+
+    world
+        .nas
+        .faults()
+        .update(|f| f.aimed = vec![volume_download(cut).times(None)]);
+    let (target, spool) = (world.restore_dir("cut"), world.restore_dir("cut-spool"));
+    let err = restore_over_mine(&agent, &target, &spool)
+        .await
+        .unwrap_err();
+    let text = crate::support::chain(&err);
+    assert_eq!(err.exit_code(), 5, "{text}");
+    assert!(text.contains(".tar.zst"), "{text}");
+    assert!(text.contains("broke off 4 times"), "{text}");
+    assert!(!text.contains("corrupt"), "{text}");
+    assert!(text.contains("caused by"), "the cause was lost: {text}");
+    assert_untouched(&target, &spool, "cut");
+}
+
+/// A NAS that sends more bytes than the listing and the manifest say
+/// (announced, or streamed for ever without a length) is stopped at the
+/// first byte too many: a clear error, no local file changed, nothing
+/// spooled, and no endless download filling the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_longer_than_the_volume_is_stopped_at_once() {
+    use synback::emulator::FaultAction;
+    let world = World::new("").await;
+    let agent = world.agent();
+    agent
+        .backup("home", CancellationToken::new())
+        .await
+        .unwrap();
+    for (case, action) in [
+        ("longer", FaultAction::Longer(8 << 20)),
+        ("endless", FaultAction::Endless),
+    ] {
+        world
+            .nas
+            .faults()
+            .update(|f| f.aimed = vec![volume_download(action).times(None)]);
+        let (target, spool) = (world.restore_dir(case), world.restore_dir("spool"));
+        let started = Instant::now();
+        let restored = tokio::time::timeout(
+            Duration::from_secs(120),
+            restore_over_mine(&agent, &target, &spool),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{case}: the restore never stopped"));
+        let err = restored.unwrap_err();
+        let text = crate::support::chain(&err);
+        assert_eq!(err.exit_code(), 4, "{case}: {text}");
+        assert!(
+            text.contains(".tar.zst.001 is corrupt: the NAS sent more than the"),
+            "{case}: {text}"
+        );
+        assert!(world.nas.faults().aimed_hits() >= 1, "{case}");
+        assert_untouched(&target, &spool, case);
+        assert!(started.elapsed() < Duration::from_secs(60), "{case}");
+    }
 }

@@ -143,6 +143,9 @@ pub struct BackupReport {
     pub forgotten: Vec<String>,
     /// Stale partial files removed.
     pub cleaned: Vec<String>,
+    /// Why retention and cleanup were not applied this time, if they were
+    /// not: the snapshot itself is stored; the next run tries again.
+    pub retention_error: Option<String>,
     /// Wall-clock duration of the run.
     #[serde(with = "duration_secs")]
     pub duration: Duration,
@@ -356,6 +359,7 @@ async fn transfer_and_commit(
         retention: Vec::new(),
         forgotten: Vec::new(),
         cleaned: Vec::new(),
+        retention_error: None,
         duration: Duration::ZERO,
     })
 }
@@ -571,7 +575,10 @@ async fn finish(
             report.forgotten = forgotten;
             report.cleaned = cleaned;
         }
-        Err(err) => warn!(cause = %err, "retention was not applied this time"),
+        Err(err) => {
+            warn!(cause = %err, "retention was not applied this time");
+            report.retention_error = Some(err.to_string());
+        }
     }
     Ok(report)
 }

@@ -170,11 +170,16 @@ fn init_logging(cli: &Cli, format: LogFormat) {
             .boxed(),
     };
     let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
-    // The daemon's runs keep their INFO lines for the healthchecks /fail ping.
+    // The daemon's runs keep their INFO lines for the healthchecks /fail
+    // ping. Only the daemon, and only events and the run spans: enabling
+    // every INFO span (each `#[instrument]`ed call) costs a one-shot backup
+    // or restore seconds of CPU for nothing.
     #[cfg(feature = "daemon")]
-    let registry = registry.with(
-        synback::schedule::run_log::layer()
-            .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
-    );
+    let registry = {
+        use tracing_subscriber::filter::{FilterExt as _, LevelFilter, filter_fn};
+        let daemon = matches!(cli.command, Command::Daemon(_));
+        let wanted = filter_fn(|m| m.is_event() || m.name() == "run").and(LevelFilter::INFO);
+        registry.with(daemon.then(|| synback::schedule::run_log::layer().with_filter(wanted)))
+    };
     let _ = registry.try_init();
 }

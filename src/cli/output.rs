@@ -167,6 +167,9 @@ pub fn print_backup(printer: &Printer, job: &str, report: &BackupReport) {
     if !report.cleaned.is_empty() {
         println!("  stale partial uploads removed: {}", report.cleaned.len());
     }
+    if let Some(err) = &report.retention_error {
+        println!("  retention not applied this time (the next run tries again): {err}");
+    }
 }
 
 /// The snapshot table of `list`.

@@ -365,11 +365,11 @@ async fn run_cell(tpl: &Template, fault: Fault, phase: Phase) -> Outcome {
     let result = match phase {
         Phase::Download => crate::support::restore_latest(&agent, &restore_dir, false)
             .await
-            .map(|_| Vec::new()),
+            .map(|_| (Vec::new(), None)),
         _ => agent
             .backup("home", CancellationToken::new())
             .await
-            .map(|report| report.forgotten),
+            .map(|report| (report.forgotten, report.retention_error)),
     };
     if nas.faults().aimed_hits() == 0 {
         problems.push("the fault never fired".to_owned());
@@ -377,15 +377,18 @@ async fn run_cell(tpl: &Template, fault: Fault, phase: Phase) -> Outcome {
     nas.faults().clear();
 
     let text = match (&result, expected(fault, phase)) {
-        (Ok(forgotten), Expect::Ok) if phase == Phase::Retention => {
+        (Ok((forgotten, retention_error)), Expect::Ok) if phase == Phase::Retention => {
             // keep_last = 1: the earlier snapshot goes, unless every delete
-            // failed; then it stays for the next run.
-            let want = match fault {
-                Fault::Http502Always => Vec::new(),
-                _ => vec![tpl.baseline.clone()],
+            // failed; then it stays for the next run, and the report says so.
+            let (want, warned) = match fault {
+                Fault::Http502Always => (Vec::new(), true),
+                _ => (vec![tpl.baseline.clone()], false),
             };
             if *forgotten != want {
                 problems.push(format!("retention forgot {forgotten:?}, not {want:?}"));
+            }
+            if retention_error.is_some() != warned {
+                problems.push(format!("retention error reported: {retention_error:?}"));
             }
             match fault {
                 Fault::Http502Always => "ok, retention left for the next run".to_owned(),

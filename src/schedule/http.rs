@@ -580,13 +580,15 @@ mod tests {
         assert!(stale_jobs(&status, None, t("2027-01-01T00:00:00Z"), started).is_empty());
     }
 
-    /// The page as Home Assistant's ingress shows it: the browser is at
-    /// `http://homeassistant.local:8123/api/hassio_ingress/TOKEN/`, the
-    /// Supervisor (a trusted peer, here 127.0.0.2) strips the prefix and
-    /// forwards the browser's Host and Origin. The form, the redirect and
-    /// the framing headers must keep the browser inside the prefix.
-    #[tokio::test]
-    async fn the_page_works_below_the_ingress_prefix_for_a_trusted_proxy_only() {
+    /// A status server for job `ha` that trusts the ingress proxy at
+    /// 127.0.0.2: its folder (keep it), the server, its address and where
+    /// its "run now" requests arrive.
+    async fn start_for_ingress() -> (
+        tempfile::TempDir,
+        Server,
+        SocketAddr,
+        mpsc::Receiver<String>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = DaemonSettings::new(dir.path());
         settings.status_listen = Some("127.0.0.1:0".parse().unwrap());
@@ -594,11 +596,22 @@ mod tests {
         let store = Arc::new(StatusStore::load(dir.path().to_owned()));
         store.update("ha", Utc::now(), |_| {}).await;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let (run_tx, mut run_rx) = mpsc::channel(4);
+        let (run_tx, run_rx) = mpsc::channel(4);
         let (server, addr) = start(&settings, &store, &clock, run_tx)
             .await
             .unwrap()
             .unwrap();
+        (dir, server, addr, run_rx)
+    }
+
+    /// The page as Home Assistant's ingress shows it: the browser is at
+    /// `http://homeassistant.local:8123/api/hassio_ingress/TOKEN/`, the
+    /// Supervisor (a trusted peer, here 127.0.0.2) strips the prefix and
+    /// forwards the browser's Host and Origin. The form, the redirect and
+    /// the framing headers must keep the browser inside the prefix.
+    #[tokio::test]
+    async fn the_page_works_below_the_ingress_prefix_for_a_trusted_proxy_only() {
+        let (_dir, server, addr, mut run_rx) = start_for_ingress().await;
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = |local: &str| {
             reqwest::Client::builder()
@@ -830,18 +843,7 @@ f.onload = () => {
             return;
         };
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let dir = tempfile::tempdir().unwrap();
-        let mut settings = DaemonSettings::new(dir.path());
-        settings.status_listen = Some("127.0.0.1:0".parse().unwrap());
-        settings.trusted_peers = vec!["127.0.0.2".parse().unwrap()];
-        let store = Arc::new(StatusStore::load(dir.path().to_owned()));
-        store.update("ha", Utc::now(), |_| {}).await;
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let (run_tx, mut run_rx) = mpsc::channel(4);
-        let (server, addr) = start(&settings, &store, &clock, run_tx)
-            .await
-            .unwrap()
-            .unwrap();
+        let (_dir, server, addr, mut run_rx) = start_for_ingress().await;
         let proxy = ingress_proxy(addr).await;
         let profile = tempfile::tempdir().unwrap();
         let output = tokio::process::Command::new(chromium)

@@ -587,15 +587,7 @@ async fn restore_over_mine(
     opts.target_dir = target.to_path_buf();
     opts.overwrite = true;
     opts.spool_dir = Some(spool.to_path_buf());
-    agent
-        .restore(
-            "home",
-            &synback::restore::Selector::Latest,
-            opts,
-            None,
-            CancellationToken::new(),
-        )
-        .await
+    crate::support::restore_latest_with(agent, opts).await
 }
 
 fn assert_untouched(target: &std::path::Path, spool: &std::path::Path, case: &str) {

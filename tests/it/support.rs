@@ -275,13 +275,15 @@ pub async fn restore_latest(
     let mut opts = synback::restore::RestoreOptions::default();
     opts.target_dir = target.to_path_buf();
     opts.overwrite = overwrite;
-    agent
-        .restore(
-            "home",
-            &synback::restore::Selector::Latest,
-            opts,
-            None,
-            tokio_util::sync::CancellationToken::new(),
-        )
-        .await
+    restore_latest_with(agent, opts).await
+}
+
+/// Restores the latest snapshot of job `home` with `opts`.
+pub async fn restore_latest_with(
+    agent: &Agent,
+    opts: synback::restore::RestoreOptions,
+) -> Result<synback::restore::RestoreReport, synback::agent::Error> {
+    let selector = synback::restore::Selector::Latest;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    agent.restore("home", &selector, opts, None, cancel).await
 }

@@ -292,6 +292,52 @@ fn assert_nothing_left(job_dir: &Path, log: &str) {
     );
 }
 
+/// How a daemon stopped by SIGTERM in the middle of an upload went.
+struct Stopped {
+    status: std::process::ExitStatus,
+    /// How long it took to exit after the signal.
+    took: Duration,
+    /// The daemon's log.
+    log: String,
+    /// How many NAS requests there were when the signal went out.
+    term_at: usize,
+}
+
+/// Starts the daemon of `world` (whose job runs at once, by catch-up) over
+/// `bytes` that zstd cannot shrink, uploaded at `kib_per_sec`; sends
+/// SIGTERM once the upload is under way on the NAS and waits at most
+/// `wait_secs` for the exit.
+async fn sigterm_during_upload(
+    world: &World,
+    bytes: usize,
+    kib_per_sec: u32,
+    wait_secs: u64,
+) -> Stopped {
+    let mut noise = vec![0u8; bytes];
+    rand::fill(&mut noise[..]);
+    std::fs::write(world.source.join("noise.bin"), noise).unwrap();
+    world
+        .nas
+        .faults()
+        .update(|f| f.slow_kib_per_sec = Some(kib_per_sec));
+    let stderr = world.dir.path().join("daemon.log");
+    let mut child = spawn_daemon(&world.config_path, &stderr);
+    wait_upload(&mut child, &stderr, &world.job_dir()).await;
+    let term_at = world.nas.request_log().len();
+    signal(&child, "-TERM");
+    let sent = Instant::now();
+    let status = wait_exit(&mut child, Duration::from_secs(wait_secs)).await;
+    let took = sent.elapsed();
+    let log = std::fs::read_to_string(&stderr).unwrap();
+    eprintln!("daemon stopped {took:?} after SIGTERM");
+    Stopped {
+        status,
+        took,
+        log,
+        term_at,
+    }
+}
+
 #[tokio::test]
 async fn sigterm_past_the_grace_period_abandons_the_upload_cleans_up_and_reports() {
     let (url, seen, server) = recorder().await;
@@ -303,25 +349,9 @@ async fn sigterm_past_the_grace_period_abandons_the_upload_cleans_up_and_reports
     // 8 MiB that zstd cannot shrink, sent at 256 KiB/s: about 32 s of
     // upload, far past the 1 s grace period (and more than the socket
     // buffers can hold, so the NAS never gets the whole body).
-    let mut noise = vec![0u8; 8 << 20];
-    rand::fill(&mut noise[..]);
-    std::fs::write(world.source.join("noise.bin"), noise).unwrap();
-    world
-        .nas
-        .faults()
-        .update(|f| f.slow_kib_per_sec = Some(256));
-    let stderr = world.dir.path().join("daemon.log");
-    let mut child = spawn_daemon(&world.config_path, &stderr);
-    let job_dir = world.job_dir();
-    wait_upload(&mut child, &stderr, &job_dir).await;
-    let term_at = world.nas.request_log().len();
-    signal(&child, "-TERM");
-    let sent = Instant::now();
-    let status = wait_exit(&mut child, Duration::from_secs(40)).await;
-    let took = sent.elapsed();
-    let log = std::fs::read_to_string(&stderr).unwrap();
-    eprintln!("daemon stopped {took:?} after SIGTERM");
-    assert_eq!(status.code(), Some(0), "{log}");
+    let stop = sigterm_during_upload(&world, 8 << 20, 256, 40).await;
+    let (job_dir, term_at, took, log) = (world.job_dir(), stop.term_at, stop.took, stop.log);
+    assert_eq!(stop.status.code(), Some(0), "{log}");
     // Well before the upload could have finished.
     assert!(took < Duration::from_secs(10), "{took:?}\n{log}");
     assert!(log.contains("abandoned"), "{log}");
@@ -402,29 +432,10 @@ async fn sigterm_past_the_grace_period_abandons_the_upload_cleans_up_and_reports
 async fn sigterm_during_an_upload_leaves_no_partial_no_lock_and_logs_out() {
     let world = World::new("schedule = \"0 0 1 1 *\"\n[daemon]\ncatch_up = true\n").await;
     // 1.5 MiB that zstd cannot shrink, sent at 512 KiB/s: about 3 s of upload.
-    let mut noise = vec![0u8; 3 << 19];
-    rand::fill(&mut noise[..]);
-    std::fs::write(world.source.join("noise.bin"), noise).unwrap();
-    world
-        .nas
-        .faults()
-        .update(|f| f.slow_kib_per_sec = Some(512));
-    let stderr = world.dir.path().join("daemon.log");
-    let mut child = spawn_daemon(&world.config_path, &stderr);
-
-    // catch_up starts the never-run job at once; wait for its upload to be
-    // under way on the NAS.
-    let job_dir = world.job_dir();
-    wait_upload(&mut child, &stderr, &job_dir).await;
-    let term_at = world.nas.request_log().len();
-    signal(&child, "-TERM");
-    let sent = Instant::now();
-    let status = wait_exit(&mut child, Duration::from_secs(30)).await;
-    let took = sent.elapsed();
-    let log = std::fs::read_to_string(&stderr).unwrap();
-    eprintln!("daemon stopped {took:?} after SIGTERM");
+    let stop = sigterm_during_upload(&world, 3 << 19, 512, 30).await;
+    let (job_dir, term_at, took, log) = (world.job_dir(), stop.term_at, stop.took, stop.log);
     // Exit code 0: a clean stop (see `synback daemon --help`).
-    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(stop.status.code(), Some(0), "{log}");
     assert!(took < Duration::from_secs(20), "{took:?}");
 
     assert_nothing_left(&job_dir, &log);

@@ -698,13 +698,16 @@ where
     })
     .await
     .map_err(|e| Error::Internal(format!("the archiver thread ended: {e}")))??;
-    // The reporter is throttled: the final counts always go out.
-    events.event(Event::Progress(Progress::counters(
+    // The reporter is throttled: the final counts always go out, with the
+    // input's total, known exactly now.
+    let mut last = Progress::counters(
         summary.counts.files,
         summary.bytes_read,
         sent.load(Ordering::Relaxed),
         None,
-    )));
+    );
+    last.total_bytes = Some(summary.bytes_read);
+    events.event(Event::Progress(last));
     for issue in &summary.issues {
         events.event(Event::Warning {
             path: issue.path.display().to_string(),

@@ -243,7 +243,10 @@ pub async fn restore(
     events.event(Event::Phase(Phase::Restoring));
     let manifest = manifest(target.as_ref(), snapshot).await?;
     check_volumes_present(snapshot, &manifest)?;
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    // An async channel: the feeder must never block a runtime thread on a
+    // full channel, as that can keep the extractor (polled in the same
+    // `join!`) from ever starting.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
     let feeder = feed_verified(
         Arc::clone(&target),
         manifest.volumes.clone(),
@@ -289,9 +292,9 @@ pub async fn restore_from_files(
             check_digest(&volume.name, volume, digest)?;
         }
     }
-    let (tx, rx) = std::sync::mpsc::sync_channel(files.len().max(1));
+    let (tx, rx) = tokio::sync::mpsc::channel(files.len().max(1));
     for path in files {
-        let _ = tx.send(Ok(Volume::Local(path.clone())));
+        let _ = tx.try_send(Ok(Volume::Local(path.clone())));
     }
     drop(tx);
     let mut report = extract_blocking(ChainReader::new(rx), opts, &cancel).await?;
@@ -442,7 +445,7 @@ async fn feed_verified(
     target: Arc<dyn Target>,
     volumes: Vec<ManifestVolume>,
     opts: &RestoreOptions,
-    tx: std::sync::mpsc::SyncSender<Result<Volume, String>>,
+    tx: tokio::sync::mpsc::Sender<Result<Volume, String>>,
     cancel: &CancellationToken,
 ) -> Result<u64, Error> {
     let dir = opts.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -450,19 +453,19 @@ async fn feed_verified(
     let mut total = 0;
     for volume in &volumes {
         if cancel.is_cancelled() {
-            let _ = tx.send(Err("cancelled".into()));
+            let _ = tx.send(Err("cancelled".into())).await;
             return Err(Error::Cancelled);
         }
         let fetched = download_verified(target.as_ref(), volume, &dir).await;
         let path = match fetched {
             Ok(path) => path,
             Err(err) => {
-                let _ = tx.send(Err(err.to_string()));
+                let _ = tx.send(Err(err.to_string())).await;
                 return Err(err);
             }
         };
         total += volume.size;
-        let handed = tokio::task::block_in_place(|| tx.send(Ok(Volume::Spooled(path))));
+        let handed = tx.send(Ok(Volume::Spooled(path))).await;
         if handed.is_err() {
             break;
         }
@@ -750,12 +753,12 @@ fn restore_progress(done: u64, size: u64) -> Progress {
 
 /// Reads volumes one after the other as they arrive from the feeder.
 struct ChainReader {
-    rx: std::sync::mpsc::Receiver<Result<Volume, String>>,
+    rx: tokio::sync::mpsc::Receiver<Result<Volume, String>>,
     current: Option<(File, Volume)>,
 }
 
 impl ChainReader {
-    fn new(rx: std::sync::mpsc::Receiver<Result<Volume, String>>) -> Self {
+    fn new(rx: tokio::sync::mpsc::Receiver<Result<Volume, String>>) -> Self {
         Self { rx, current: None }
     }
 }
@@ -770,13 +773,14 @@ impl Read for ChainReader {
                 }
                 self.current = None;
             }
-            match self.rx.recv() {
-                Ok(Ok(volume)) => {
+            // On the extractor's blocking thread, never in async code.
+            match self.rx.blocking_recv() {
+                Some(Ok(volume)) => {
                     let file = File::open(volume.path())?;
                     self.current = Some((file, volume));
                 }
-                Ok(Err(reason)) => return Err(io::Error::other(reason)),
-                Err(_) => return Ok(0),
+                Some(Err(reason)) => return Err(io::Error::other(reason)),
+                None => return Ok(0),
             }
         }
     }

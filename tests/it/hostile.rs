@@ -57,13 +57,7 @@ async fn fake_nas(reply: Reply) -> Fake {
                     .unwrap()
             };
             match method.as_str() {
-                "query" => json(serde_json::json!({"success": true, "data": {
-                    "SYNO.API.Auth": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 7},
-                    "SYNO.FileStation.List": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 2},
-                    "SYNO.FileStation.Delete": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 2},
-                    "SYNO.FileStation.Rename": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 2},
-                    "SYNO.FileStation.Upload": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 3},
-                }})),
+                "query" => json(fake_api_info()),
                 "login" => json(
                     serde_json::json!({"success": true, "data": {"sid": "fake-sid", "synotoken": "fake-token"}}),
                 ),
@@ -129,14 +123,7 @@ async fn fake_nas_hostile_at(hostile: &'static str, reply: Arc<Mutex<Reply>>) ->
                 };
             }
             match method.as_str() {
-                "query" => json(serde_json::json!({"success": true, "data": {
-                    "SYNO.API.Auth": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 7},
-                    "SYNO.FileStation.MD5": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 2},
-                    "SYNO.FileStation.List": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 2},
-                    "SYNO.FileStation.Delete": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 2},
-                    "SYNO.FileStation.Rename": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 2},
-                    "SYNO.FileStation.Upload": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 3},
-                }})),
+                "query" => json(fake_api_info()),
                 "login" => json(
                     serde_json::json!({"success": true, "data": {"sid": "fake-sid", "synotoken": "fake-token"}}),
                 ),
@@ -720,4 +707,17 @@ async fn a_body_longer_than_the_volume_is_stopped_at_once() {
         assert_untouched(&target, &spool, case);
         assert!(started.elapsed() < Duration::from_secs(60), "{case}");
     }
+}
+
+/// The `query.cgi` answer of the hand-made fake NASes: the APIs a backup,
+/// a listing and a restore use, on `entry.cgi`.
+fn fake_api_info() -> serde_json::Value {
+    serde_json::json!({"success": true, "data": {
+        "SYNO.API.Auth": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 7},
+        "SYNO.FileStation.MD5": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 2},
+        "SYNO.FileStation.List": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 2},
+        "SYNO.FileStation.Delete": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 2},
+        "SYNO.FileStation.Rename": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 2},
+        "SYNO.FileStation.Upload": {"path": "entry.cgi", "minVersion": 1, "maxVersion": 3},
+    }})
 }

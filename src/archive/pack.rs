@@ -285,7 +285,7 @@ pub fn pack(
     let (taper, _scan) = start_scan(opts, &roots)?;
     let input_total = taper.as_ref().map(|t| t.input.clone());
     let splitter = Splitter::new(sink, opts.volume_size, taper, Rc::clone(&flow))
-        .map_err(|e| Error::io("start the hashing thread", PathBuf::new(), e))?;
+        .map_err(|e| Error::io("start the hashing threads", PathBuf::new(), e))?;
     let out = encryption.wrap(splitter)?;
     let encoder = zstd_encoder(out, opts)?;
     let mut packer = Packer {

@@ -18,10 +18,14 @@ use super::wire::{
 
 /// Entries asked per `list` page (DSM's default page is small).
 const PAGE: u64 = 1000;
-/// First delay between task status polls. Status calls are cheap, and a
+/// Delay before the first task status poll. Status calls are cheap, and a
 /// backup waits on the MD5 task of every volume, so time between the task's
-/// end and our noticing it is time lost.
-const POLL_FIRST: Duration = Duration::from_millis(20);
+/// end and our noticing it is time lost: the manifest and the small last
+/// volumes of a tapered archive are done within a few milliseconds.
+const POLL_FIRST: Duration = Duration::from_millis(5);
+/// Shortest delay between the later polls of a task that was not done at
+/// the first: a long task is not asked about hundreds of times.
+const POLL_MIN: Duration = Duration::from_millis(20);
 /// The delay between polls is the task's running time so far divided by
 /// this: a finished task is noticed at most an eighth of its time late
 /// (the last volume's MD5 is the tail of every backup), and a long task on
@@ -320,7 +324,7 @@ impl Client {
             if status.finished {
                 return Ok(status);
             }
-            delay = (started.elapsed() / POLL_LATE_FRACTION).clamp(POLL_FIRST, POLL_MAX);
+            delay = (started.elapsed() / POLL_LATE_FRACTION).clamp(POLL_MIN, POLL_MAX);
         }
     }
 

@@ -131,10 +131,15 @@ impl Lane {
             .ok_or_else(stopped)
     }
 
+    /// The lane's answer to the last `EndVolume` or `Finish` sent.
+    fn answer(&self) -> io::Result<Option<String>> {
+        self.replies.recv().map_err(|_| stopped())
+    }
+
     /// Sends `msg` and waits for the lane's answer to it.
     fn ask(&self, msg: Msg) -> io::Result<Option<String>> {
         self.send(msg)?;
-        self.replies.recv().map_err(|_| stopped())
+        self.answer()
     }
 
     fn stop(&mut self) {
@@ -215,7 +220,7 @@ impl Digester {
     pub(crate) fn end_volume(&mut self) -> io::Result<VolumeDigests> {
         self.md5.send(Msg::EndVolume)?;
         let sha256 = self.sha256.ask(Msg::EndVolume)?;
-        let md5 = self.md5.replies.recv().map_err(|_| stopped())?;
+        let md5 = self.md5.answer()?;
         md5.zip(sha256).ok_or_else(stopped)
     }
 

@@ -57,26 +57,18 @@ impl StreamHash for VolumeMd5 {
 }
 
 /// SHA-256 of each volume and of the whole stream (the manifest's).
+#[derive(Default)]
 struct VolumeAndTotalSha256 {
     volume: Sha256,
     total: Sha256,
-    first: bool,
-}
-
-impl Default for VolumeAndTotalSha256 {
-    fn default() -> Self {
-        Self {
-            volume: Sha256::new(),
-            total: Sha256::new(),
-            first: true,
-        }
-    }
+    /// Volume 1 has ended: later volumes need a digest of their own.
+    past_first: bool,
 }
 
 impl StreamHash for VolumeAndTotalSha256 {
     fn update(&mut self, data: &[u8]) {
         self.total.update(data);
-        if !self.first {
+        if self.past_first {
             self.volume.update(data);
         }
     }
@@ -85,12 +77,12 @@ impl StreamHash for VolumeAndTotalSha256 {
         // Volume 1 is a prefix of the whole stream: its SHA-256 is the
         // whole-stream state here (one pass saved for the common
         // single-volume archive).
-        let sha = if self.first {
-            self.total.clone().finalize()
-        } else {
+        let sha = if self.past_first {
             std::mem::take(&mut self.volume).finalize()
+        } else {
+            self.total.clone().finalize()
         };
-        self.first = false;
+        self.past_first = true;
         hex::encode(sha)
     }
 

@@ -73,6 +73,7 @@ mod manifest;
 mod names;
 mod pack;
 mod pipe;
+mod readahead;
 mod scan;
 mod tarw;
 mod unpack;

@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, Metadata, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use super::crypt::{Encryption, Out};
 use super::error::{Error, Result};
 use super::filter::Excludes;
 use super::names::Names;
+use super::readahead::Readahead;
 use super::scan::{self, InputTotal, Rules, ScanGuard};
 use super::tarw::{Kind, Meta, TarWriter};
 use super::volume::{Flow, SinkFailure, Splitter, Taper, VolumeInfo, VolumeSink};
@@ -283,6 +284,7 @@ pub fn pack(
     let encryption = Encryption::from_options(&opts.recipients, opts.passphrase.as_ref())?;
     let flow = Rc::new(Flow::default());
     let (taper, _scan) = start_scan(opts, &roots)?;
+    let readahead = Readahead::start(walked(&roots), rules(opts)?);
     let input_total = taper.as_ref().map(|t| t.input.clone());
     let splitter = Splitter::new(sink, opts.volume_size, taper, Rc::clone(&flow))
         .map_err(|e| Error::io("start the hashing threads", PathBuf::new(), e))?;
@@ -300,6 +302,7 @@ pub fn pack(
         bytes_read: 0,
         root_dev: 0,
         flow,
+        readahead,
         input_total,
         progress,
         cancel,
@@ -332,21 +335,30 @@ fn start_scan(opts: &PackOptions, roots: &[Root]) -> Result<(Option<Taper>, Opti
     if opts.volume_size.is_none() || !opts.taper {
         return Ok((None, None));
     }
-    let rules = Rules {
-        excludes: Excludes::new(&opts.excludes)?,
-        markers: opts.exclude_if_present.iter().map(OsString::from).collect(),
-        one_file_system: opts.one_file_system,
-    };
-    let roots = roots
-        .iter()
-        .map(|r| (r.walk.clone(), r.meta.clone()))
-        .collect();
-    let (input, guard) = scan::start(roots, rules);
+    let (input, guard) = scan::start(walked(roots), rules(opts)?);
     let taper = Taper {
         min: TAPER_MIN,
         input,
     };
     Ok((Some(taper), Some(guard)))
+}
+
+/// The rules that decide what the pack reads, for the threads that walk
+/// the sources beside it (each gets its own copy).
+fn rules(opts: &PackOptions) -> Result<Rules> {
+    Ok(Rules {
+        excludes: Excludes::new(&opts.excludes)?,
+        markers: opts.exclude_if_present.iter().map(OsString::from).collect(),
+        one_file_system: opts.one_file_system,
+    })
+}
+
+/// The roots as those threads walk them: path and metadata.
+fn walked(roots: &[Root]) -> Vec<(PathBuf, Metadata)> {
+    roots
+        .iter()
+        .map(|r| (r.walk.clone(), r.meta.clone()))
+        .collect()
 }
 
 type Encoder<'s> = zstd::stream::write::Encoder<'static, Out<'s>>;
@@ -482,6 +494,8 @@ struct Packer<'a, W: Write> {
     bytes_read: u64,
     root_dev: u64,
     flow: Rc<Flow>,
+    /// Told how far the pack has read, when the thread could start.
+    readahead: Option<Readahead>,
     /// The scan's total, when one runs.
     input_total: Option<InputTotal>,
     progress: &'a dyn Fn(&PackProgress<'_>),
@@ -654,7 +668,7 @@ impl<W: Write> Packer<'_, W> {
     /// Writes exactly `before.len()` bytes of the file: a file that shrinks
     /// is padded with zeros, one that grows is cut, and both are reported,
     /// as are read errors (the rest is zeros).
-    fn copy_exact(&mut self, mut file: File, path: &Path, before: &Metadata) -> Result<()> {
+    fn copy_exact(&mut self, file: File, path: &Path, before: &Metadata) -> Result<()> {
         let size = before.len();
         let mut done = 0u64;
         let mut since_report = 0u64;
@@ -665,7 +679,12 @@ impl<W: Write> Packer<'_, W> {
             }
             let want =
                 usize::try_from(size - done).map_or(self.buf.len(), |r| r.min(self.buf.len()));
-            let n = match file.read(&mut self.buf[..want]) {
+            let buf = &mut self.buf[..want];
+            let read = match &self.readahead {
+                Some(readahead) => readahead.read_at(&file, buf, done),
+                None => file.read_at(buf, done),
+            };
+            let n = match read {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -684,6 +703,9 @@ impl<W: Write> Packer<'_, W> {
             done += n as u64;
             self.bytes_read += n as u64;
             self.flow.set_read(self.bytes_read);
+            if let Some(readahead) = &self.readahead {
+                readahead.set_read(self.bytes_read);
+            }
             since_report += n as u64;
             if since_report >= PROGRESS_EVERY {
                 since_report = 0;

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, Metadata, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -672,6 +672,7 @@ impl<W: Write> Packer<'_, W> {
         let size = before.len();
         let mut done = 0u64;
         let mut since_report = 0u64;
+        let mut positional = true;
         let mut problem: Option<(IssueKind, String)> = None;
         while done < size {
             if self.cancel.is_cancelled() {
@@ -680,10 +681,7 @@ impl<W: Write> Packer<'_, W> {
             let want =
                 usize::try_from(size - done).map_or(self.buf.len(), |r| r.min(self.buf.len()));
             let buf = &mut self.buf[..want];
-            let read = match &self.readahead {
-                Some(readahead) => readahead.read_at(&file, buf, done),
-                None => file.read_at(buf, done),
-            };
+            let read = read_source(self.readahead.as_ref(), &file, buf, done, &mut positional);
             let n = match read {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -796,6 +794,33 @@ impl<W: Write> Packer<'_, W> {
     }
 }
 
+/// Reads the piece of a source file at `offset`: by position, through the
+/// read-ahead when there is one. A file that cannot be read by position
+/// (some FUSE and pseudo file systems answer `ESPIPE`) is read with `read`
+/// from its start on, which the positional reads did not move.
+fn read_source(
+    readahead: Option<&Readahead>,
+    file: &File,
+    buf: &mut [u8],
+    offset: u64,
+    positional: &mut bool,
+) -> io::Result<usize> {
+    if !*positional {
+        return (&*file).read(buf);
+    }
+    let read = match readahead {
+        Some(readahead) => readahead.read_at(file, buf, offset),
+        None => file.read_at(buf, offset),
+    };
+    match read {
+        Err(e) if offset == 0 && e.raw_os_error() == Some(libc::ESPIPE) => {
+            *positional = false;
+            (&*file).read(buf)
+        }
+        other => other,
+    }
+}
+
 /// The sorted names in a directory.
 fn list_dir(path: &Path) -> io::Result<Vec<OsString>> {
     let mut names = fs::read_dir(path)?
@@ -807,7 +832,7 @@ fn list_dir(path: &Path) -> io::Result<Vec<OsString>> {
 
 /// Opens a source file read-only, without following a symlink swapped in,
 /// without blocking on a FIFO, and without updating its atime where allowed.
-fn open_source(path: &Path) -> io::Result<File> {
+pub(crate) fn open_source(path: &Path) -> io::Result<File> {
     let base = libc::O_NOFOLLOW | libc::O_NONBLOCK;
     let open = |flags| OpenOptions::new().read(true).custom_flags(flags).open(path);
     match open(base | libc::O_NOATIME) {

@@ -14,10 +14,13 @@
 //! pack meets the disk: the pack reads with `RWF_NOWAIT` while the thread
 //! sleeps, and the first read the page cache cannot serve wakes it. It then
 //! skips what the pack has read (by size, without opening) and runs ahead.
+//! File systems that cannot answer `RWF_NOWAIT` (tmpfs, which has nothing
+//! to read ahead, and some network and FUSE file systems) never wake it.
 //!
 //! It reads no file itself and only changes what is cached, so a wrong
 //! guess (a file changed or removed meanwhile) costs a wasted disk read,
-//! nothing else.
+//! nothing else. It stops with the pack, and gives up rather than take
+//! file descriptors the pack needs.
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
@@ -33,7 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::Thread;
 use std::time::Duration;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::fs::{Access, AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::{Errno, ReadWriteFlags};
 
 use super::scan::Rules;
@@ -46,10 +49,12 @@ pub(crate) const WINDOW: u64 = 64 << 20;
 /// piece by piece as the pack reads it, never all at once.
 const PIECE: u64 = 4 << 20;
 /// The deepest directory the walk descends into (each level holds one
-/// descriptor); the pack reads deeper trees without read-ahead.
+/// descriptor). The walk ends there: the rest of the backup is read
+/// without read-ahead, as before it.
 const MAX_DEPTH: usize = 64;
-/// How long to wait for the pack when the window is full.
-const WAIT: Duration = Duration::from_millis(2);
+/// How long to wait for the pack when the window is full (the pack then
+/// reads a few MiB; a shorter wait would only wake the thread more often).
+const WAIT: Duration = Duration::from_millis(10);
 
 /// What the pack and the read-ahead thread share.
 #[derive(Debug, Default)]
@@ -58,6 +63,7 @@ struct Shared {
     read: AtomicU64,
     /// Set once the pack has had to wait for the disk.
     cold: AtomicBool,
+    /// Set when the pack ends: the thread returns at its next step.
     stop: AtomicBool,
 }
 
@@ -78,20 +84,7 @@ impl Readahead {
         let theirs = Arc::clone(&shared);
         let spawned = std::thread::Builder::new()
             .name("synback-readahead".into())
-            .spawn(move || {
-                while !theirs.cold.load(Ordering::Relaxed) {
-                    if theirs.stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    std::thread::park();
-                }
-                let pace = Pace {
-                    shared: theirs,
-                    window: WINDOW,
-                    advised: 0,
-                };
-                Walk::new(rules, pace, will_need).roots(&roots);
-            });
+            .spawn(move || run(theirs, &roots, rules));
         match spawned {
             Ok(handle) => Some(Self {
                 shared,
@@ -111,9 +104,8 @@ impl Readahead {
 
     /// Reads `file` at `offset` into `buf`. Until the cache has missed, the
     /// read does not wait for the disk: a miss wakes the read-ahead, and the
-    /// read is done again, waiting. A file system that cannot tell (tmpfs,
-    /// which has nothing to read ahead, and some network file systems) is
-    /// read as before, without read-ahead.
+    /// read is done again, waiting. Any other refusal of `RWF_NOWAIT` (a
+    /// file system that cannot tell) is read again as before.
     pub(crate) fn read_at(&self, file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         if !self.shared.cold.load(Ordering::Relaxed) {
             let nowait = ReadWriteFlags::NOWAIT;
@@ -126,6 +118,8 @@ impl Readahead {
         file.read_at(buf, offset)
     }
 
+    /// The cache has missed: from now on the thread walks ahead (the
+    /// unpark reaches it even before it first sleeps).
     fn wake(&self) {
         self.shared.cold.store(true, Ordering::Relaxed);
         self.thread.unpark();
@@ -137,6 +131,23 @@ impl Drop for Readahead {
         self.shared.stop.store(true, Ordering::Relaxed);
         self.thread.unpark();
     }
+}
+
+/// The thread: sleeps until the first miss (or the end of the pack), then
+/// walks ahead of the pack.
+fn run(shared: Arc<Shared>, roots: &[(PathBuf, Metadata)], rules: Rules) {
+    while !shared.cold.load(Ordering::Relaxed) {
+        if shared.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        std::thread::park();
+    }
+    let pace = Pace {
+        shared,
+        window: WINDOW,
+        advised: 0,
+    };
+    Walk::new(rules, pace, will_need).roots(roots);
 }
 
 /// Asks the kernel to read `len` bytes of `file` from `offset` into the
@@ -152,7 +163,7 @@ fn will_need(file: &File, offset: u64, len: u64) {
 struct Pace {
     shared: Arc<Shared>,
     window: u64,
-    /// File bytes advised so far, counted in the pack's order.
+    /// File bytes advised (or skipped as read) so far, in the pack's order.
     advised: u64,
 }
 
@@ -161,7 +172,7 @@ impl Pace {
     /// the window fits once the pack has caught up); false once stopped.
     fn room_for(&self, len: u64) -> bool {
         loop {
-            if self.shared.stop.load(Ordering::Relaxed) {
+            if self.stopped() {
                 return false;
             }
             let behind = self.advised.saturating_sub(self.read());
@@ -172,8 +183,18 @@ impl Pace {
         }
     }
 
+    /// Whether the next `len` bytes are ones the pack has read already.
+    fn passed(&self, len: u64) -> bool {
+        self.advised + len <= self.read()
+    }
+
+    /// File bytes the pack has read.
     fn read(&self) -> u64 {
         self.shared.read.load(Ordering::Relaxed)
+    }
+
+    fn stopped(&self) -> bool {
+        self.shared.stop.load(Ordering::Relaxed)
     }
 }
 
@@ -184,8 +205,8 @@ impl Pace {
 /// Directories and files are opened relative to their directory's
 /// descriptor and typed from the listing: a walk by full paths spent more
 /// on resolving them than on the advice. Each directory on the way down
-/// holds a descriptor, so the walk gives up below [`MAX_DEPTH`] rather than
-/// take descriptors the pack needs.
+/// holds a descriptor, so the walk ends below [`MAX_DEPTH`], and when the
+/// process runs out of descriptors, rather than take ones the pack needs.
 struct Walk<A: FnMut(&File, u64, u64)> {
     rules: Rules,
     pace: Pace,
@@ -195,7 +216,7 @@ struct Walk<A: FnMut(&File, u64, u64)> {
     links: HashSet<(u64, u64)>,
 }
 
-/// Whether the walk goes on (false: it was stopped).
+/// Whether the walk goes on (false: it was stopped, or gave up).
 type Going = bool;
 
 /// Where the walk is: the absolute and the root-relative path, which the
@@ -218,6 +239,7 @@ impl<A: FnMut(&File, u64, u64)> Walk<A> {
         }
     }
 
+    /// Walks the roots in order, as the pack packs them.
     fn roots(&mut self, roots: &[(PathBuf, Metadata)]) {
         for (root, meta) in roots {
             self.root_dev = meta.dev();
@@ -231,7 +253,7 @@ impl<A: FnMut(&File, u64, u64)> Walk<A> {
                         };
                         self.dir(&fd, &mut at)
                     }
-                    Err(_) => true,
+                    Err(err) => goes_on_after(err),
                 }
             } else if meta.file_type().is_file() {
                 self.file(rustix::fs::CWD, root.as_os_str())
@@ -244,14 +266,20 @@ impl<A: FnMut(&File, u64, u64)> Walk<A> {
         }
     }
 
+    /// The entries of the open directory `fd`, unless a marker file says
+    /// the pack skips it.
     fn dir(&mut self, fd: &OwnedFd, at: &mut At) -> Going {
-        let Ok(entries) = sorted_entries(fd) else {
-            return true;
+        let entries = match sorted_entries(fd) {
+            Ok(entries) => entries,
+            Err(err) => return goes_on_after(err),
         };
         if entries.iter().any(|(n, _)| self.rules.markers.contains(n)) {
             return true;
         }
         for (name, kind) in entries {
+            if self.pace.stopped() {
+                return false;
+            }
             at.abs.push(&name);
             at.rel.push(&name);
             let going = self.child(fd, &name, kind, at);
@@ -264,12 +292,14 @@ impl<A: FnMut(&File, u64, u64)> Walk<A> {
         true
     }
 
+    /// One entry of a directory, typed by the listing (or by `lstat` where
+    /// the file system leaves the type out), unless excluded.
     fn child(&mut self, parent: &OwnedFd, name: &OsStr, kind: FileType, at: &mut At) -> Going {
         let kind = match kind {
             FileType::Unknown => {
                 match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
                     Ok(stat) => FileType::from_raw_mode(stat.st_mode),
-                    Err(_) => return true,
+                    Err(err) => return goes_on_after(err),
                 }
             }
             known => known,
@@ -283,51 +313,76 @@ impl<A: FnMut(&File, u64, u64)> Walk<A> {
             return true;
         }
         match kind {
-            FileType::Directory if at.depth >= MAX_DEPTH => false,
-            FileType::Directory => {
-                let Ok(fd) = rustix::fs::openat(parent, name, dir_flags(), Mode::empty()) else {
-                    return true;
-                };
-                if self.rules.one_file_system
-                    && rustix::fs::fstat(&fd).map_or(true, |s| s.st_dev != self.root_dev)
-                {
-                    return true;
-                }
-                at.depth += 1;
-                let going = self.dir(&fd, at);
-                at.depth -= 1;
-                going
-            }
+            FileType::Directory => self.descend(parent, name, at),
             FileType::RegularFile => self.file(parent, name),
             _ => true,
         }
     }
 
+    /// Into the subdirectory `name` of `parent`, unless it is too deep or,
+    /// with one file system, on another one. That check comes before the
+    /// open and does not trigger an automount, as the pack's `lstat` does
+    /// not: opening would mount what the pack then skips.
+    fn descend(&mut self, parent: &OwnedFd, name: &OsStr, at: &mut At) -> Going {
+        if at.depth >= MAX_DEPTH {
+            return false;
+        }
+        if self.rules.one_file_system {
+            let flags = AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT;
+            match rustix::fs::statat(parent, name, flags) {
+                Ok(stat) if stat.st_dev == self.root_dev => {}
+                Ok(_) => return true,
+                Err(err) => return goes_on_after(err),
+            }
+        }
+        let fd = match rustix::fs::openat(parent, name, dir_flags(), Mode::empty()) {
+            Ok(fd) => fd,
+            Err(err) => return goes_on_after(err),
+        };
+        at.depth += 1;
+        let going = self.dir(&fd, at);
+        at.depth -= 1;
+        going
+    }
+
     /// Advises the contents of `name` in `dir` piece by piece within the
-    /// window; a file the pack has read already is only counted.
+    /// window. What the pack has read already is only counted: a whole
+    /// file without opening it, if the pack could read it.
     fn file<D: AsFd>(&mut self, dir: D, name: &OsStr) -> Going {
-        let Ok(stat) = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
-            return true;
+        let stat = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => stat,
+            Err(err) => return goes_on_after(err),
         };
         let Some(len) = self.content_len(&stat) else {
             return true;
         };
-        let end = self.pace.advised + len;
-        if end <= self.pace.read() {
-            self.pace.advised = end;
+        if self.pace.passed(len) {
+            // A file the pack could not open has added nothing to its count.
+            if rustix::fs::accessat(&dir, name, Access::READ_OK, AtFlags::EACCESS).is_ok() {
+                self.pace.advised += len;
+            }
             return true;
         }
-        // A file the pack cannot open either has nothing read of it.
-        let Some(file) = open_file(&dir, name) else {
-            return true;
+        let file = match open_file(&dir, name) {
+            Ok(file) => file,
+            // The pack cannot open it either: nothing is read of it.
+            Err(err) => return goes_on_after(err),
         };
+        self.pieces(&file, len)
+    }
+
+    /// Advises `len` bytes of `file` in pieces, each once it fits in the
+    /// window; those the pack has passed are only counted.
+    fn pieces(&mut self, file: &File, len: u64) -> Going {
         let mut offset = 0;
         while offset < len {
             let piece = (len - offset).min(PIECE);
-            if !self.pace.room_for(piece) {
-                return false;
+            if !self.pace.passed(piece) {
+                if !self.pace.room_for(piece) {
+                    return false;
+                }
+                (self.advise)(file, offset, piece);
             }
-            (self.advise)(&file, offset, piece);
             offset += piece;
             self.pace.advised += piece;
         }
@@ -346,26 +401,34 @@ impl<A: FnMut(&File, u64, u64)> Walk<A> {
     }
 }
 
+/// Whether the walk goes on after a failed call: past an entry that
+/// vanished or cannot be read, but not when the process is out of file
+/// descriptors, which the pack needs more.
+fn goes_on_after(err: Errno) -> Going {
+    !matches!(err, Errno::MFILE | Errno::NFILE)
+}
+
+/// A directory, opened to list it and to open its entries relative to it.
 fn dir_flags() -> OFlags {
     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
 
-/// Opens `name` in `dir` as the pack opens its sources (`pack::open_source`): read
-/// only, not through a symlink, not blocking on a FIFO, without touching
-/// the atime where allowed.
-fn open_file<D: AsFd>(dir: D, name: &OsStr) -> Option<File> {
+/// Opens `name` in `dir` as the pack opens its sources (`pack::open_source`,
+/// and a test compares the two): read only, not through a symlink, not
+/// blocking on a FIFO, without touching the atime where allowed.
+fn open_file<D: AsFd>(dir: D, name: &OsStr) -> Result<File, Errno> {
     let base = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let open = |flags| rustix::fs::openat(&dir, name, flags, Mode::empty());
     let fd = match open(base | OFlags::NOATIME) {
-        Err(rustix::io::Errno::PERM) => open(base),
+        Err(Errno::PERM) => open(base),
         other => other,
-    };
-    fd.ok().map(File::from)
+    }?;
+    Ok(File::from(fd))
 }
 
 /// A directory's entries with the types the listing gives, sorted by name
 /// as the pack sorts them (`pack::list_dir`).
-fn sorted_entries(fd: &OwnedFd) -> rustix::io::Result<Vec<(OsString, FileType)>> {
+fn sorted_entries(fd: &OwnedFd) -> Result<Vec<(OsString, FileType)>, Errno> {
     let mut entries = Vec::new();
     for entry in rustix::fs::Dir::read_from(fd)? {
         let entry = entry?;
@@ -507,7 +570,7 @@ mod tests {
     }
 
     #[test]
-    fn files_the_pack_has_read_are_counted_not_opened() {
+    fn files_the_pack_has_read_are_counted_not_advised() {
         let (dir, root) = tree();
         let (pace, shared) = pace(u64::MAX);
         // The pack is past a/keep (40) and b/inner/two (20).
@@ -567,5 +630,91 @@ mod tests {
         drop(walk);
         // Stopped at the limit: nothing below it, nothing after it.
         assert_eq!(advised, [1]);
+    }
+
+    #[test]
+    fn a_stop_ends_a_walk_that_is_catching_up() {
+        let (dir, root) = tree();
+        let (pace, shared) = pace(u64::MAX);
+        shared.read.store(u64::MAX, Ordering::Relaxed);
+        shared.stop.store(true, Ordering::Relaxed);
+        let mut walk = Walk::new(rules(&[], &[]), pace, |_: &File, _, _| {
+            panic!("advised after the stop")
+        });
+        walk.roots(&[(root.clone(), fs::metadata(&root).unwrap())]);
+        assert_eq!(walk.pace.advised, 0, "went on counting after the stop");
+        drop(dir);
+    }
+
+    #[test]
+    fn the_pieces_of_a_file_the_pack_is_reading_are_advised_from_where_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big");
+        File::create(&big).unwrap().set_len(3 * PIECE).unwrap();
+        let (pace, shared) = pace(u64::MAX);
+        shared.read.store(PIECE + 1, Ordering::Relaxed);
+        let mut advised = Vec::new();
+        let mut walk = Walk::new(rules(&[], &[]), pace, |_: &File, off, len| {
+            advised.push((off, len));
+        });
+        walk.roots(&[(big.clone(), fs::metadata(&big).unwrap())]);
+        drop(walk);
+        assert_eq!(advised, [(PIECE, PIECE), (2 * PIECE, PIECE)]);
+    }
+
+    /// The kernel's view of an open file: its access mode and flags.
+    fn open_flags(file: &File) -> i32 {
+        use std::os::fd::AsRawFd;
+        let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", file.as_raw_fd())).unwrap();
+        let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).unwrap();
+        i32::from_str_radix(flags.trim(), 8).unwrap()
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn files_are_opened_as_the_pack_opens_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, "x").unwrap();
+        let ours = open_file(rustix::fs::CWD, path.as_os_str()).unwrap();
+        let packs = crate::archive::pack::open_source(&path).unwrap();
+        // O_LARGEFILE is std's addition; the rest must match.
+        let mask = !libc::O_LARGEFILE;
+        assert_eq!(open_flags(&ours) & mask, open_flags(&packs) & mask);
+        std::os::unix::fs::symlink("f", dir.path().join("link")).unwrap();
+        let err = open_file(rustix::fs::CWD, dir.path().join("link").as_os_str()).unwrap_err();
+        assert_eq!(err, Errno::LOOP);
+    }
+
+    /// A read the page cache cannot serve wakes the read-ahead. The test
+    /// drops the file's pages first; where the temp directory's file
+    /// system cannot answer `RWF_NOWAIT` (tmpfs) there is nothing to test.
+    #[test]
+    fn a_read_the_cache_cannot_serve_wakes_the_read_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, vec![7; 1 << 20]).unwrap();
+        let file = File::open(&path).unwrap();
+        let mut buf = vec![0; 4096];
+        let probe = rustix::io::preadv2(
+            &file,
+            &mut [IoSliceMut::new(&mut buf)],
+            0,
+            ReadWriteFlags::NOWAIT,
+        );
+        if probe == Err(Errno::OPNOTSUPP) {
+            eprintln!("skipped: the temp directory's file system has no RWF_NOWAIT");
+            return;
+        }
+        file.sync_all().unwrap();
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        let roots = vec![(dir.path().to_path_buf(), fs::metadata(dir.path()).unwrap())];
+        let readahead = Readahead::start(roots, rules(&[], &[])).unwrap();
+        let n = readahead.read_at(&file, &mut buf, 0).unwrap();
+        assert_eq!(&buf[..n], &[7; 4096][..]);
+        assert!(
+            readahead.shared.cold.load(Ordering::Relaxed),
+            "a miss did not wake it"
+        );
     }
 }

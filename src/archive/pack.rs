@@ -881,8 +881,18 @@ fn special_kind(meta: &Metadata) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The kernel's view of an open file: its access mode and flags, from
+    /// `/proc/self/fdinfo` (tests of how sources are opened).
+    #[cfg(target_os = "linux")]
+    pub(crate) fn open_flags(file: &File) -> i32 {
+        use std::os::fd::AsRawFd;
+        let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", file.as_raw_fd())).unwrap();
+        let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).unwrap();
+        i32::from_str_radix(flags.trim(), 8).unwrap()
+    }
 
     #[test]
     fn zstd_jobs_shrink_with_more_workers_and_overlap_follows() {
@@ -937,17 +947,10 @@ mod tests {
     #[test]
     #[cfg(target_os = "linux")]
     fn sources_are_opened_read_only_without_atime() {
-        use std::os::fd::AsRawFd;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         fs::write(&path, "x").unwrap();
-        let file = open_source(&path).unwrap();
-        let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", file.as_raw_fd())).unwrap();
-        let flags = info
-            .lines()
-            .find_map(|l| l.strip_prefix("flags:"))
-            .map(|v| i32::from_str_radix(v.trim(), 8).unwrap())
-            .unwrap();
+        let flags = open_flags(&open_source(&path).unwrap());
         assert_eq!(flags & libc::O_ACCMODE, libc::O_RDONLY, "{flags:o}");
         assert_ne!(flags & libc::O_NOATIME, 0, "{flags:o}");
         assert_ne!(flags & libc::O_NONBLOCK, 0, "{flags:o}");

@@ -450,7 +450,7 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::archive::{self, EntryKind, ListOptions, PackOptions, WriterSink};
+    use crate::archive::{self, EntryKind, ListOptions, PackOptions, WriterSink, pack};
 
     fn rules(excludes: &[&str], markers: &[&str]) -> Rules {
         let excludes: Vec<String> = excludes.iter().map(|s| (*s).to_owned()).collect();
@@ -662,14 +662,6 @@ mod tests {
         assert_eq!(advised, [(PIECE, PIECE), (2 * PIECE, PIECE)]);
     }
 
-    /// The kernel's view of an open file: its access mode and flags.
-    fn open_flags(file: &File) -> i32 {
-        use std::os::fd::AsRawFd;
-        let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", file.as_raw_fd())).unwrap();
-        let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).unwrap();
-        i32::from_str_radix(flags.trim(), 8).unwrap()
-    }
-
     #[test]
     #[cfg(target_os = "linux")]
     fn files_are_opened_as_the_pack_opens_them() {
@@ -677,10 +669,13 @@ mod tests {
         let path = dir.path().join("f");
         fs::write(&path, "x").unwrap();
         let ours = open_file(rustix::fs::CWD, path.as_os_str()).unwrap();
-        let packs = crate::archive::pack::open_source(&path).unwrap();
+        let packs = pack::open_source(&path).unwrap();
         // O_LARGEFILE is std's addition; the rest must match.
         let mask = !libc::O_LARGEFILE;
-        assert_eq!(open_flags(&ours) & mask, open_flags(&packs) & mask);
+        assert_eq!(
+            pack::tests::open_flags(&ours) & mask,
+            pack::tests::open_flags(&packs) & mask
+        );
         std::os::unix::fs::symlink("f", dir.path().join("link")).unwrap();
         let err = open_file(rustix::fs::CWD, dir.path().join("link").as_os_str()).unwrap_err();
         assert_eq!(err, Errno::LOOP);

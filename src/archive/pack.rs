@@ -310,6 +310,8 @@ pub fn pack(
     for root in &roots {
         packer.pack_root(root)?;
     }
+    // Every file is read: the read-ahead has nothing left to do.
+    drop(packer.readahead.take());
     let (counts, issues, bytes_read) = (
         std::mem::take(&mut packer.counts),
         std::mem::take(&mut packer.issues),

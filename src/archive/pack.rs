@@ -2,14 +2,16 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File, Metadata, OpenOptions};
+use std::fs::{self, File, Metadata};
 use std::io::{self, BufWriter, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use rustix::fs::{Mode, OFlags};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use zstd::zstd_safe::CParameter;
@@ -834,13 +836,20 @@ fn list_dir(path: &Path) -> io::Result<Vec<OsString>> {
 
 /// Opens a source file read-only, without following a symlink swapped in,
 /// without blocking on a FIFO, and without updating its atime where allowed.
-pub(crate) fn open_source(path: &Path) -> io::Result<File> {
-    let base = libc::O_NOFOLLOW | libc::O_NONBLOCK;
-    let open = |flags| OpenOptions::new().read(true).custom_flags(flags).open(path);
-    match open(base | libc::O_NOATIME) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(base),
+fn open_source(path: &Path) -> io::Result<File> {
+    open_source_at(rustix::fs::CWD, path.as_os_str()).map_err(io::Error::from)
+}
+
+/// [`open_source`] of `name` in the directory `dir`: the read-ahead opens
+/// the files it advises as the pack opens them.
+pub(crate) fn open_source_at<D: AsFd>(dir: D, name: &OsStr) -> rustix::io::Result<File> {
+    let base = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let open = |flags| rustix::fs::openat(&dir, name, flags, Mode::empty());
+    let fd = match open(base | OFlags::NOATIME) {
+        Err(rustix::io::Errno::PERM) => open(base),
         other => other,
-    }
+    }?;
+    Ok(File::from(fd))
 }
 
 /// A file whose size or mtime differs after reading was changed meanwhile.
@@ -883,13 +892,13 @@ fn special_kind(meta: &Metadata) -> &'static str {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
     /// The kernel's view of an open file: its access mode and flags, from
     /// `/proc/self/fdinfo` (tests of how sources are opened).
     #[cfg(target_os = "linux")]
-    pub(crate) fn open_flags(file: &File) -> i32 {
+    fn open_flags(file: &File) -> i32 {
         use std::os::fd::AsRawFd;
         let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", file.as_raw_fd())).unwrap();
         let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).unwrap();
@@ -956,6 +965,22 @@ pub(crate) mod tests {
         assert_eq!(flags & libc::O_ACCMODE, libc::O_RDONLY, "{flags:o}");
         assert_ne!(flags & libc::O_NOATIME, 0, "{flags:o}");
         assert_ne!(flags & libc::O_NONBLOCK, 0, "{flags:o}");
+    }
+
+    /// The read-ahead's way in: relative to a directory, with the same
+    /// flags, and still refusing a symlink.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn sources_opened_in_a_directory_get_the_same_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("f"), "x").unwrap();
+        std::os::unix::fs::symlink("f", dir.path().join("link")).unwrap();
+        let fd = File::open(dir.path()).unwrap();
+        let at = open_source_at(&fd, OsStr::new("f")).unwrap();
+        let by_path = open_source(&dir.path().join("f")).unwrap();
+        assert_eq!(open_flags(&at), open_flags(&by_path));
+        let err = open_source_at(&fd, OsStr::new("link")).unwrap_err();
+        assert_eq!(err, rustix::io::Errno::LOOP);
     }
 
     #[test]

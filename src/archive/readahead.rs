@@ -39,6 +39,7 @@ use std::time::Duration;
 use rustix::fs::{Access, AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::{Errno, ReadWriteFlags};
 
+use super::pack::open_source_at;
 use super::scan::Rules;
 
 /// How far ahead of the pack the kernel is asked to read. Page cache, not
@@ -363,7 +364,7 @@ impl<A: FnMut(&File, u64, u64)> Walk<A> {
             }
             return true;
         }
-        let file = match open_file(&dir, name) {
+        let file = match open_source_at(&dir, name) {
             Ok(file) => file,
             // The pack cannot open it either: nothing is read of it.
             Err(err) => return goes_on_after(err),
@@ -413,19 +414,6 @@ fn dir_flags() -> OFlags {
     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
 
-/// Opens `name` in `dir` as the pack opens its sources (`pack::open_source`,
-/// and a test compares the two): read only, not through a symlink, not
-/// blocking on a FIFO, without touching the atime where allowed.
-fn open_file<D: AsFd>(dir: D, name: &OsStr) -> Result<File, Errno> {
-    let base = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let open = |flags| rustix::fs::openat(&dir, name, flags, Mode::empty());
-    let fd = match open(base | OFlags::NOATIME) {
-        Err(Errno::PERM) => open(base),
-        other => other,
-    }?;
-    Ok(File::from(fd))
-}
-
 /// A directory's entries with the types the listing gives, sorted by name
 /// as the pack sorts them (`pack::list_dir`).
 fn sorted_entries(fd: &OwnedFd) -> Result<Vec<(OsString, FileType)>, Errno> {
@@ -450,7 +438,7 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::archive::{self, EntryKind, ListOptions, PackOptions, WriterSink, pack};
+    use crate::archive::{self, EntryKind, ListOptions, PackOptions, WriterSink};
 
     fn rules(excludes: &[&str], markers: &[&str]) -> Rules {
         let excludes: Vec<String> = excludes.iter().map(|s| (*s).to_owned()).collect();
@@ -660,25 +648,6 @@ mod tests {
         walk.roots(&[(big.clone(), fs::metadata(&big).unwrap())]);
         drop(walk);
         assert_eq!(advised, [(PIECE, PIECE), (2 * PIECE, PIECE)]);
-    }
-
-    #[test]
-    #[cfg(target_os = "linux")]
-    fn files_are_opened_as_the_pack_opens_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        fs::write(&path, "x").unwrap();
-        let ours = open_file(rustix::fs::CWD, path.as_os_str()).unwrap();
-        let packs = pack::open_source(&path).unwrap();
-        // O_LARGEFILE is std's addition; the rest must match.
-        let mask = !libc::O_LARGEFILE;
-        assert_eq!(
-            pack::tests::open_flags(&ours) & mask,
-            pack::tests::open_flags(&packs) & mask
-        );
-        std::os::unix::fs::symlink("f", dir.path().join("link")).unwrap();
-        let err = open_file(rustix::fs::CWD, dir.path().join("link").as_os_str()).unwrap_err();
-        assert_eq!(err, Errno::LOOP);
     }
 
     /// A read the page cache cannot serve wakes the read-ahead. The test

@@ -685,7 +685,14 @@ impl<W: Write> Packer<'_, W> {
             let want =
                 usize::try_from(size - done).map_or(self.buf.len(), |r| r.min(self.buf.len()));
             let buf = &mut self.buf[..want];
-            let read = read_source(self.readahead.as_ref(), &file, buf, done, &mut positional);
+            let read = read_source(
+                self.readahead.as_mut(),
+                &file,
+                before.dev(),
+                buf,
+                done,
+                &mut positional,
+            );
             let n = match read {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -801,10 +808,13 @@ impl<W: Write> Packer<'_, W> {
 /// Reads the piece of a source file at `offset`: by position, through the
 /// read-ahead when there is one. A file that cannot be read by position
 /// (some FUSE and pseudo file systems answer `ESPIPE`) is read with `read`
-/// from its start on, which the positional reads did not move.
+/// from its start on, which the positional reads did not move. `dev` is the
+/// file's device, for the read-ahead's memory of file systems that cannot
+/// read without waiting.
 fn read_source(
-    readahead: Option<&Readahead>,
+    readahead: Option<&mut Readahead>,
     file: &File,
+    dev: u64,
     buf: &mut [u8],
     offset: u64,
     positional: &mut bool,
@@ -813,7 +823,7 @@ fn read_source(
         return (&*file).read(buf);
     }
     let read = match readahead {
-        Some(readahead) => readahead.read_at(file, buf, offset),
+        Some(readahead) => readahead.read_at(file, dev, buf, offset),
         None => file.read_at(buf, offset),
     };
     match read {

@@ -15,7 +15,8 @@
 //! sleeps, and the first read the page cache cannot serve wakes it. It then
 //! skips what the pack has read (by size, without opening) and runs ahead.
 //! File systems that cannot answer `RWF_NOWAIT` (tmpfs, which has nothing
-//! to read ahead, and some network and FUSE file systems) never wake it.
+//! to read ahead, and some network and FUSE file systems) never wake it;
+//! once one refuses, its files are read without asking again.
 //!
 //! It reads no file itself and only changes what is cached, so a wrong
 //! guess (a file changed or removed meanwhile) costs a wasted disk read,
@@ -74,6 +75,10 @@ struct Shared {
 pub(crate) struct Readahead {
     shared: Arc<Shared>,
     thread: Thread,
+    /// The devices whose file system refused `RWF_NOWAIT`: asking again
+    /// would cost a failing call per read (32 000 on a tree of small files
+    /// on tmpfs).
+    refused: Vec<u64>,
 }
 
 impl Readahead {
@@ -90,6 +95,7 @@ impl Readahead {
             Ok(handle) => Some(Self {
                 shared,
                 thread: handle.thread().clone(),
+                refused: Vec::new(),
             }),
             Err(err) => {
                 tracing::debug!(error = %err, "no read-ahead thread");
@@ -103,16 +109,25 @@ impl Readahead {
         self.shared.read.store(bytes, Ordering::Relaxed);
     }
 
-    /// Reads `file` at `offset` into `buf`. Until the cache has missed, the
-    /// read does not wait for the disk: a miss wakes the read-ahead, and the
-    /// read is done again, waiting. Any other refusal of `RWF_NOWAIT` (a
-    /// file system that cannot tell) is read again as before.
-    pub(crate) fn read_at(&self, file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        if !self.shared.cold.load(Ordering::Relaxed) {
+    /// Reads `file` (on device `dev`) at `offset` into `buf`. Until the
+    /// cache has missed, the read does not wait for the disk: a miss wakes
+    /// the read-ahead, and the read is done again, waiting. A file system
+    /// that cannot tell (`EOPNOTSUPP`, or `EINVAL` from a kernel without
+    /// the flag) is remembered and read as before from then on; any other
+    /// failure is left to the plain read to report.
+    pub(crate) fn read_at(
+        &mut self,
+        file: &File,
+        dev: u64,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> io::Result<usize> {
+        if !self.shared.cold.load(Ordering::Relaxed) && !self.refused.contains(&dev) {
             let nowait = ReadWriteFlags::NOWAIT;
             match rustix::io::preadv2(file, &mut [IoSliceMut::new(buf)], offset, nowait) {
                 Ok(n) => return Ok(n),
                 Err(Errno::AGAIN) => self.wake(),
+                Err(Errno::OPNOTSUPP | Errno::INVAL) => self.refused.push(dev),
                 Err(_) => {}
             }
         }
@@ -585,16 +600,48 @@ mod tests {
         let path = dir.path().join("f");
         fs::write(&path, b"cached bytes").unwrap();
         let roots = vec![(dir.path().to_path_buf(), fs::metadata(dir.path()).unwrap())];
-        let readahead = Readahead::start(roots, rules(&[], &[])).unwrap();
+        let mut readahead = Readahead::start(roots, rules(&[], &[])).unwrap();
         let file = File::open(&path).unwrap();
+        let dev = file.metadata().unwrap().dev();
         let mut buf = [0; 64];
-        let n = readahead.read_at(&file, &mut buf, 7).unwrap();
+        let n = readahead.read_at(&file, dev, &mut buf, 7).unwrap();
         assert_eq!(&buf[..n], b"bytes");
-        assert_eq!(readahead.read_at(&file, &mut buf, 12).unwrap(), 0);
+        assert_eq!(readahead.read_at(&file, dev, &mut buf, 12).unwrap(), 0);
         assert!(!readahead.shared.cold.load(Ordering::Relaxed));
         readahead.wake();
         assert!(readahead.shared.cold.load(Ordering::Relaxed));
-        assert_eq!(readahead.read_at(&file, &mut buf, 0).unwrap(), 12);
+        assert_eq!(readahead.read_at(&file, dev, &mut buf, 0).unwrap(), 12);
+    }
+
+    /// A file system that refuses `RWF_NOWAIT` (tmpfs, in `/dev/shm`) is
+    /// asked once: its files are read without the flag from then on, and
+    /// the read-ahead stays asleep. Without a refusing file system at hand
+    /// there is nothing to test.
+    #[test]
+    fn a_file_system_that_refuses_nowait_is_asked_once() {
+        let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+            eprintln!("skipped: no /dev/shm");
+            return;
+        };
+        let path = dir.path().join("f");
+        fs::write(&path, b"on tmpfs").unwrap();
+        let file = File::open(&path).unwrap();
+        let mut buf = [0; 64];
+        let nowait = ReadWriteFlags::NOWAIT;
+        let probe = rustix::io::preadv2(&file, &mut [IoSliceMut::new(&mut buf)], 0, nowait);
+        if !matches!(probe, Err(Errno::OPNOTSUPP | Errno::INVAL)) {
+            eprintln!("skipped: /dev/shm answers RWF_NOWAIT");
+            return;
+        }
+        let dev = file.metadata().unwrap().dev();
+        let roots = vec![(dir.path().to_path_buf(), fs::metadata(dir.path()).unwrap())];
+        let mut readahead = Readahead::start(roots, rules(&[], &[])).unwrap();
+        for _ in 0..3 {
+            let n = readahead.read_at(&file, dev, &mut buf, 3).unwrap();
+            assert_eq!(&buf[..n], b"tmpfs");
+        }
+        assert_eq!(readahead.refused, [dev]);
+        assert!(!readahead.shared.cold.load(Ordering::Relaxed));
     }
 
     #[test]
@@ -673,8 +720,9 @@ mod tests {
         file.sync_all().unwrap();
         rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
         let roots = vec![(dir.path().to_path_buf(), fs::metadata(dir.path()).unwrap())];
-        let readahead = Readahead::start(roots, rules(&[], &[])).unwrap();
-        let n = readahead.read_at(&file, &mut buf, 0).unwrap();
+        let mut readahead = Readahead::start(roots, rules(&[], &[])).unwrap();
+        let dev = file.metadata().unwrap().dev();
+        let n = readahead.read_at(&file, dev, &mut buf, 0).unwrap();
         assert_eq!(&buf[..n], &[7; 4096][..]);
         assert!(
             readahead.shared.cold.load(Ordering::Relaxed),

@@ -239,6 +239,9 @@ fn show(event: &Event) {
                     .unwrap_or_default()
             );
         }
+        Event::VolumeUploaded { name, size } => {
+            println!("[volume] {name} sent ({size} bytes), the NAS checks its MD5")
+        }
         Event::VolumeStored { name, size } => println!("[volume] {name} stored ({size} bytes)"),
         Event::VolumeRetry {
             name,

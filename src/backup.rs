@@ -404,7 +404,16 @@ where
     let mut delay = opts.retry_delay;
     for attempt in 1..=attempts {
         let (stream, len) = body()?;
-        let outcome = upload_once(target, &partial, stream, len, md5, sent).await;
+        let outcome = match send_once(target, &partial, stream, len, sent).await {
+            Ok(()) => {
+                events.event(Event::VolumeUploaded {
+                    name: name.to_owned(),
+                    size: len,
+                });
+                check_md5(target, &partial, md5).await
+            }
+            Err(err) => Err(err),
+        };
         let reason = match outcome {
             Ok(()) => {
                 target.rename(&partial, name).await?;
@@ -449,12 +458,12 @@ enum Attempt {
     Failed(target::Error),
 }
 
-async fn upload_once(
+/// Sends one attempt of a volume into `partial`, counting what goes out.
+async fn send_once(
     target: &dyn Target,
     partial: &str,
     body: PutBody,
     len: u64,
-    md5: &str,
     sent: &Arc<AtomicU64>,
 ) -> Result<(), Attempt> {
     let counter = Arc::clone(sent);
@@ -468,7 +477,12 @@ async fn upload_once(
     target
         .put_opts(partial, body, Some(len), PutMode::Overwrite)
         .await
-        .map_err(Attempt::Failed)?;
+        .map_err(Attempt::Failed)
+}
+
+/// Asks the target for the MD5 of what it stored in `partial` and compares
+/// it with ours.
+async fn check_md5(target: &dyn Target, partial: &str, md5: &str) -> Result<(), Attempt> {
     let remote = target.md5(partial).await.map_err(Attempt::Failed)?;
     match remote.eq_ignore_ascii_case(md5) {
         true => Ok(()),
@@ -1219,6 +1233,10 @@ mod stream {
             info,
         }) = uploaded.recv().await
         {
+            events.event(Event::VolumeUploaded {
+                name: name.clone(),
+                size: info.size,
+            });
             let remote = target.md5(&partial).await?;
             if !remote.eq_ignore_ascii_case(&info.md5) {
                 delete_quietly(target.as_ref(), &partial).await;

@@ -36,6 +36,16 @@ pub enum Event {
     Phase(Phase),
     /// Counters moved on. Sent at most a few times per second.
     Progress(Progress),
+    /// A volume's bytes reached the NAS, which now computes their MD5 (a
+    /// background task on the NAS: seconds per GiB on a small one, while
+    /// no counter moves). [`Event::VolumeStored`] follows once it matched,
+    /// [`Event::VolumeRetry`] if it did not.
+    VolumeUploaded {
+        /// Remote name of the volume.
+        name: String,
+        /// Its size in bytes.
+        size: u64,
+    },
     /// A volume was uploaded, verified by the NAS's MD5 and renamed.
     VolumeStored {
         /// Remote name of the volume.

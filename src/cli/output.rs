@@ -47,6 +47,7 @@ impl Printer {
         Arc::new(BarEvents {
             bar: self.bar.clone(),
             files: Mutex::new(0),
+            checking: Mutex::new(Vec::new()),
         })
     }
 
@@ -61,6 +62,31 @@ impl Printer {
 struct BarEvents {
     bar: Option<ProgressBar>,
     files: Mutex<u64>,
+    /// Volumes whose MD5 the NAS is computing: while the last ones are
+    /// checked nothing else moves, so the bar says what it waits for.
+    checking: Mutex<Vec<String>>,
+}
+
+impl BarEvents {
+    /// Notes that `name` is being checked (or no longer is) and shows the
+    /// newest volume still being checked (by its number, which fits the
+    /// message's column), or "uploading".
+    fn checking(&self, bar: &ProgressBar, name: String, started: bool) {
+        let Ok(mut checking) = self.checking.lock() else {
+            return;
+        };
+        checking.retain(|n| *n != name);
+        if started {
+            checking.push(name);
+        }
+        match checking.last() {
+            Some(name) => {
+                let number = name.rsplit('.').next().unwrap_or(name);
+                bar.set_message(format!("NAS MD5 .{number}"));
+            }
+            None => bar.set_message(phase_name(Phase::Transferring)),
+        }
+    }
 }
 
 impl EventSink for BarEvents {
@@ -83,13 +109,18 @@ impl EventSink for BarEvents {
                     *files = p.files;
                 }
             }
+            Event::VolumeUploaded { name, .. } => self.checking(bar, name, true),
+            Event::VolumeStored { name, .. } => self.checking(bar, name, false),
             Event::VolumeRetry {
                 name,
                 attempt,
                 reason,
-            } => bar.println(format!(
-                "retrying {name} (attempt {attempt} failed: {reason})"
-            )),
+            } => {
+                bar.println(format!(
+                    "retrying {name} (attempt {attempt} failed: {reason})"
+                ));
+                self.checking(bar, name, false);
+            }
             Event::Warning { path, reason } => bar.println(format!("warning: {path}: {reason}")),
             _ => {}
         }

@@ -336,6 +336,40 @@ async fn progress_carries_totals_and_an_eta() {
     assert!(drain(&mut rx).contains(&Event::Phase(Phase::Verifying)));
 }
 
+/// Each volume is announced twice, in both upload modes: when its bytes
+/// reached the NAS (the NAS's MD5 task, which moves no counter, follows)
+/// and once that MD5 matched; the sizes are the report's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_volume_is_announced_uploaded_then_stored() {
+    for mode in ["spool", "stream"] {
+        let world = World::new(&format!("volume_size = \"1MiB\"\nupload_mode = \"{mode}\"")).await;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let agent = world.agent().with_events(Arc::new(ChannelEvents(tx)));
+        let report = agent
+            .backup("home", CancellationToken::new())
+            .await
+            .unwrap();
+        let events = drain(&mut rx);
+        assert!(report.volumes.len() >= 2, "{mode}: {report:?}");
+        for volume in &report.volumes {
+            let at = |wanted: &Event| events.iter().position(|e| e == wanted);
+            let uploaded = at(&Event::VolumeUploaded {
+                name: volume.name.clone(),
+                size: volume.info.size,
+            });
+            let stored = at(&Event::VolumeStored {
+                name: volume.name.clone(),
+                size: volume.info.size,
+            });
+            assert!(
+                matches!((uploaded, stored), (Some(u), Some(s)) if u < s),
+                "{mode}, {}: {events:?}",
+                volume.name
+            );
+        }
+    }
+}
+
 /// A NAS that accepts connections and never answers: discovery and login
 /// would retry for minutes. Cancelling must end the backup at once, as
 /// cancelled.

@@ -12,7 +12,10 @@
 //!   per-process random token embedded in the page (form field `token` or
 //!   header `x-synback-token`), and refuses requests whose `Origin` is not
 //!   this host or whose `Sec-Fetch-Site` is cross-site, so another web page
-//!   cannot trigger runs.
+//!   cannot trigger runs. It answers 303 back to the page when the run was
+//!   requested, 404 for an unknown job, and 409 while a run of the job is
+//!   still going (the scheduler would only count it as skipped; the page
+//!   shows such a job's button disabled).
 //!
 //! The listener refuses non-loopback addresses unless `allow_remote` is set.
 //! Requests whose `Host` is not `localhost` or a loopback address (with
@@ -354,8 +357,14 @@ async fn run_now(
         tracing::warn!(job = %job, "run-now refused: missing or wrong token");
         return (StatusCode::FORBIDDEN, "refused: missing or wrong token\n").into_response();
     }
-    if !state.store.snapshot().jobs.contains_key(&job) {
-        return (StatusCode::NOT_FOUND, "no such job\n").into_response();
+    match state.store.snapshot().jobs.get(&job) {
+        None => return (StatusCode::NOT_FOUND, "no such job\n").into_response(),
+        Some(status) if status.running => {
+            tracing::info!(job = %job, "run-now refused: a run is still going");
+            let text = "a run of this job is still going; it was not started again\n";
+            return (StatusCode::CONFLICT, text).into_response();
+        }
+        Some(_) => {}
     }
     if state.run_now.send(job.clone()).await.is_err() {
         return (StatusCode::SERVICE_UNAVAILABLE, "daemon is stopping\n").into_response();
@@ -447,6 +456,10 @@ tr.partial td.status{color:#ef6c00;font-weight:bold}";
 fn row(name: &str, job: &JobStatus, token: &str) -> String {
     let class = job.last_status.map_or("never", RunStatus::as_str);
     let status = if job.running { "running" } else { class };
+    let button = match job.running {
+        true => "<button disabled>running</button>",
+        false => "<button>run now</button>",
+    };
     let stamp = |t: Option<DateTime<Utc>>| {
         t.map_or("-".to_owned(), |t| {
             t.format("%Y-%m-%d %H:%M UTC").to_string()
@@ -455,7 +468,7 @@ fn row(name: &str, job: &JobStatus, token: &str) -> String {
     format!(
         "<tr class=\"{class}\"><td>{}</td><td class=\"status\">{status}</td><td>{}</td><td>{}</td>\
 <td>{}</td><td>{}</td><td><form method=\"post\" action=\"run/{}\">\
-<input type=\"hidden\" name=\"token\" value=\"{token}\"><button>run now</button></form></td></tr>",
+<input type=\"hidden\" name=\"token\" value=\"{token}\">{button}</form></td></tr>",
         escape_html(name),
         stamp(job.last_success),
         stamp(job.next_run),

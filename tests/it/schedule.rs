@@ -1361,6 +1361,63 @@ async fn status_page_shows_jobs_and_run_now_needs_the_token() {
 
 // ------------------------------------------------- status page in Chromium
 
+/// "Run now" while the job's run is still going answers 409 and starts
+/// nothing (the scheduler does not count it as skipped either); the page
+/// shows the button disabled meanwhile, and enabled again afterwards.
+#[tokio::test]
+async fn run_now_over_http_while_the_job_runs_is_refused_with_409() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = FakeRunner::new(real_clock(), |job, _| match job {
+        "good" => Step::Ok(Duration::from_secs(2)),
+        _ => Step::Ok(Duration::ZERO),
+    });
+    let (daemon, base) = start_with_listener(dir.path(), &runner, None).await;
+    let client = http_client();
+    let page = || async {
+        client
+            .get(&base)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let first = page().await;
+    assert!(!first.contains("disabled"), "{first}");
+    let token = first
+        .split("name=\"token\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    daemon.handle.run_now("good").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !read_status(dir.path()).is_ok_and(|s| s.jobs["good"].running) {
+        assert!(Instant::now() < deadline, "the run never showed as running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let during = page().await;
+    assert!(
+        during.contains("<button disabled>running</button>"),
+        "{during}"
+    );
+    let refused = client
+        .post(format!("{base}/run/good"))
+        .header("x-synback-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 409);
+    assert!(refused.text().await.unwrap().contains("still going"));
+    wait_runs(dir.path(), "good", 1).await;
+    let status = read_status(dir.path()).unwrap();
+    assert_eq!(status.jobs["good"].skipped, 0, "{status:?}");
+    assert_eq!(runner.calls_of("good").len(), 1);
+    assert!(!page().await.contains("disabled"));
+    daemon.stop().await.unwrap();
+}
+
 /// The Chromium binary; `None` (the test is skipped) when it is missing,
 /// except under `CI=true`, where a missing browser fails the test.
 fn chromium() -> Option<&'static Path> {

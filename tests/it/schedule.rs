@@ -1268,6 +1268,35 @@ async fn healthz_turns_503_when_a_job_has_no_recent_success() {
     daemon.stop().await.unwrap();
 }
 
+/// The run-now token embedded in the status page.
+fn page_token(page: &str) -> String {
+    page.split("name=\"token\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned()
+}
+
+/// The body of `GET url`.
+async fn get_text(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// `POST /run/<job>` with the token in its header.
+async fn post_run(
+    client: &reqwest::Client,
+    base: &str,
+    job: &str,
+    token: &str,
+) -> reqwest::Response {
+    client
+        .post(format!("{base}/run/{job}"))
+        .header("x-synback-token", token)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn status_page_shows_jobs_and_run_now_needs_the_token() {
     let dir = tempfile::tempdir().unwrap();
@@ -1276,14 +1305,7 @@ async fn status_page_shows_jobs_and_run_now_needs_the_token() {
     daemon.handle.run_now("bad").await;
     wait_runs(dir.path(), "bad", 1).await;
     let client = http_client();
-    let page = client
-        .get(&base)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(&client, &base).await;
     assert!(
         page.contains("<td>good</td>") && page.contains("<td>bad</td>"),
         "{page}"
@@ -1293,12 +1315,7 @@ async fn status_page_shows_jobs_and_run_now_needs_the_token() {
         !page.contains("http://") && !page.contains("https://"),
         "external asset in {page}"
     );
-    let token = page
-        .split("name=\"token\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap()
-        .to_owned();
+    let token = page_token(&page);
     let run = format!("{base}/run/good");
     let no_token = client.post(&run).send().await.unwrap();
     assert_eq!(no_token.status(), 403);
@@ -1338,12 +1355,7 @@ async fn status_page_shows_jobs_and_run_now_needs_the_token() {
     assert_eq!(accepted.status(), 303);
     wait_runs(dir.path(), "good", 1).await;
     assert_eq!(runner.calls_of("good").len(), 1);
-    let unknown = client
-        .post(format!("{base}/run/nope"))
-        .header("x-synback-token", &token)
-        .send()
-        .await
-        .unwrap();
+    let unknown = post_run(&client, &base, "nope", &token).await;
     assert_eq!(unknown.status(), 404);
     let rebound = client
         .get(&base)
@@ -1373,27 +1385,13 @@ async fn run_now_over_http_while_the_job_runs_is_refused_with_409() {
     });
     let (daemon, base) = start_with_listener(dir.path(), &runner, None).await;
     let client = http_client();
-    let page = || async {
-        client
-            .get(&base)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let page = || get_text(&client, &base);
     let first = page().await;
     assert!(!first.contains("disabled"), "{first}");
-    let token = first
-        .split("name=\"token\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap()
-        .to_owned();
+    let token = page_token(&first);
     daemon.handle.run_now("good").await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !read_status(dir.path()).is_ok_and(|s| s.jobs["good"].running) {
+    while !read_status(dir.path()).is_ok_and(|s| s.jobs.get("good").is_some_and(|j| j.running)) {
         assert!(Instant::now() < deadline, "the run never showed as running");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -1402,12 +1400,7 @@ async fn run_now_over_http_while_the_job_runs_is_refused_with_409() {
         during.contains("<button disabled>running</button>"),
         "{during}"
     );
-    let refused = client
-        .post(format!("{base}/run/good"))
-        .header("x-synback-token", &token)
-        .send()
-        .await
-        .unwrap();
+    let refused = post_run(&client, &base, "good", &token).await;
     assert_eq!(refused.status(), 409);
     assert!(refused.text().await.unwrap().contains("still going"));
     wait_runs(dir.path(), "good", 1).await;

@@ -331,10 +331,15 @@ async fn transfer_and_commit(
     let manifest = Manifest::from_pack(meta, &opts.pack, &summary)?;
     let data = Bytes::from(manifest.to_json()?);
     let local_md5 = md5_hex(&data);
+    let manifest_name = id.manifest_name();
+    let file = ToStore {
+        name: &manifest_name,
+        md5: &local_md5,
+        volume: false,
+    };
     let attempts = store_verified(
         target.as_ref(),
-        &id.manifest_name(),
-        &local_md5,
+        file,
         || Ok((target::body_from_bytes(data.clone()), data.len() as u64)),
         opts,
         events,
@@ -381,16 +386,27 @@ impl VolumeNames {
     }
 }
 
+/// One file [`store_verified`] stores.
+struct ToStore<'a> {
+    /// Its final name.
+    name: &'a str,
+    /// The MD5 the target must report for it.
+    md5: &'a str,
+    /// A volume (announced with [`Event::VolumeUploaded`] once sent) or
+    /// the manifest (not announced: it is no volume).
+    volume: bool,
+}
+
 /// Uploads one file to `<name>.partial`, checks the target's MD5 against
 /// `md5`, and renames it to `name`. A mismatch or a retryable failure
-/// deletes the partial and sends again, up to `opts.volume_attempts` times.
-/// `body` makes a fresh body (and its exact length) for each attempt.
+/// deletes the partial and sends again, up to `opts.volume_attempts` times,
+/// with an [`Event::VolumeRetry`] each time. `body` makes a fresh body (and
+/// its exact length) for each attempt.
 ///
 /// Returns the number of attempts it took.
 async fn store_verified<F>(
     target: &dyn Target,
-    name: &str,
-    md5: &str,
+    file: ToStore<'_>,
     body: F,
     opts: &BackupOptions,
     events: &Events,
@@ -399,6 +415,7 @@ async fn store_verified<F>(
 where
     F: Fn() -> Result<(PutBody, u64), Error>,
 {
+    let ToStore { name, md5, volume } = file;
     let partial = layout::partial_name(name);
     let attempts = opts.volume_attempts.max(1);
     let mut delay = opts.retry_delay;
@@ -406,10 +423,12 @@ where
         let (stream, len) = body()?;
         let outcome = match send_once(target, &partial, stream, len, sent).await {
             Ok(()) => {
-                events.event(Event::VolumeUploaded {
-                    name: name.to_owned(),
-                    size: len,
-                });
+                if volume {
+                    events.event(Event::VolumeUploaded {
+                        name: name.to_owned(),
+                        size: len,
+                    });
+                }
                 check_md5(target, &partial, md5).await
             }
             Err(err) => Err(err),
@@ -454,7 +473,7 @@ where
 enum Attempt {
     /// The target's MD5 differs (it holds other bytes than we sent).
     Mismatch(String),
-    /// The upload or the MD5 task failed.
+    /// The upload, or the target's MD5 task, failed.
     Failed(target::Error),
 }
 
@@ -936,10 +955,14 @@ mod spool {
             let name = store.names.name(spooled.info.index)?;
             let path = spooled.file.to_path_buf();
             let size = spooled.info.size;
+            let file = ToStore {
+                name: &name,
+                md5: &spooled.info.md5,
+                volume: true,
+            };
             let attempts = store_verified(
                 store.target.as_ref(),
-                &name,
-                &spooled.info.md5,
+                file,
                 || Ok((file_body(path.clone()), size)),
                 self.opts,
                 store.events,
@@ -1237,15 +1260,21 @@ mod stream {
                 name: name.clone(),
                 size: info.size,
             });
-            let remote = target.md5(&partial).await?;
-            if !remote.eq_ignore_ascii_case(&info.md5) {
-                delete_quietly(target.as_ref(), &partial).await;
-                return Err(Error::Md5Mismatch {
-                    name,
-                    expected: info.md5,
-                    actual: remote,
-                    attempts: 1,
-                });
+            match check_md5(target.as_ref(), &partial, &info.md5).await {
+                Ok(()) => {}
+                Err(Attempt::Mismatch(actual)) => {
+                    delete_quietly(target.as_ref(), &partial).await;
+                    return Err(Error::Md5Mismatch {
+                        name,
+                        expected: info.md5,
+                        actual,
+                        attempts: 1,
+                    });
+                }
+                Err(Attempt::Failed(err)) => {
+                    delete_quietly(target.as_ref(), &partial).await;
+                    return Err(err.into());
+                }
             }
             target.rename(&partial, &name).await?;
             events.event(Event::VolumeStored {

@@ -38,8 +38,10 @@ pub enum Event {
     Progress(Progress),
     /// A volume's bytes reached the NAS, which now computes their MD5 (a
     /// background task on the NAS: seconds per GiB on a small one, while
-    /// no counter moves). [`Event::VolumeStored`] follows once it matched,
-    /// [`Event::VolumeRetry`] if it did not.
+    /// no counter moves). [`Event::VolumeStored`] follows once it matched;
+    /// [`Event::VolumeRetry`] if it did not and the volume is sent again
+    /// (spool mode); otherwise the run fails. The manifest, which is no
+    /// volume, is not announced.
     VolumeUploaded {
         /// Remote name of the volume.
         name: String,

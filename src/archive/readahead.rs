@@ -79,6 +79,10 @@ pub(crate) struct Readahead {
     /// would cost a failing call per read (32 000 on a tree of small files
     /// on tmpfs).
     refused: Vec<u64>,
+    /// Set when `preadv2` itself is refused (`ENOSYS` from an old kernel,
+    /// `EPERM` from a seccomp filter such as systemd's
+    /// `SystemCallFilter=`): then for every file.
+    unavailable: bool,
 }
 
 impl Readahead {
@@ -96,6 +100,7 @@ impl Readahead {
                 shared,
                 thread: handle.thread().clone(),
                 refused: Vec::new(),
+                unavailable: false,
             }),
             Err(err) => {
                 tracing::debug!(error = %err, "no read-ahead thread");
@@ -112,9 +117,10 @@ impl Readahead {
     /// Reads `file` (on device `dev`) at `offset` into `buf`. Until the
     /// cache has missed, the read does not wait for the disk: a miss wakes
     /// the read-ahead, and the read is done again, waiting. A file system
-    /// that cannot tell (`EOPNOTSUPP`, or `EINVAL` from a kernel without
-    /// the flag) is remembered and read as before from then on; any other
-    /// failure is left to the plain read to report.
+    /// that cannot tell (`EOPNOTSUPP`, or `EINVAL` from some emulated
+    /// kernels) is remembered and read as before from then on, as is
+    /// everything once the call itself is refused; any other failure is
+    /// left to the plain read to report.
     pub(crate) fn read_at(
         &mut self,
         file: &File,
@@ -122,12 +128,14 @@ impl Readahead {
         buf: &mut [u8],
         offset: u64,
     ) -> io::Result<usize> {
-        if !self.shared.cold.load(Ordering::Relaxed) && !self.refused.contains(&dev) {
+        let asleep = !self.shared.cold.load(Ordering::Relaxed);
+        if asleep && !self.unavailable && !self.refused.contains(&dev) {
             let nowait = ReadWriteFlags::NOWAIT;
             match rustix::io::preadv2(file, &mut [IoSliceMut::new(buf)], offset, nowait) {
                 Ok(n) => return Ok(n),
                 Err(Errno::AGAIN) => self.wake(),
                 Err(Errno::OPNOTSUPP | Errno::INVAL) => self.refused.push(dev),
+                Err(Errno::NOSYS | Errno::PERM) => self.unavailable = true,
                 Err(_) => {}
             }
         }
@@ -713,7 +721,7 @@ mod tests {
             0,
             ReadWriteFlags::NOWAIT,
         );
-        if probe == Err(Errno::OPNOTSUPP) {
+        if matches!(probe, Err(Errno::OPNOTSUPP | Errno::INVAL)) {
             eprintln!("skipped: the temp directory's file system has no RWF_NOWAIT");
             return;
         }

@@ -47,7 +47,10 @@ impl Printer {
         Arc::new(BarEvents {
             bar: self.bar.clone(),
             files: Mutex::new(0),
-            checking: Mutex::new(Vec::new()),
+            checking: Mutex::new(Checking {
+                names: Vec::new(),
+                phase: Phase::Connecting,
+            }),
         })
     }
 
@@ -62,30 +65,53 @@ impl Printer {
 struct BarEvents {
     bar: Option<ProgressBar>,
     files: Mutex<u64>,
-    /// Volumes whose MD5 the NAS is computing: while the last ones are
-    /// checked nothing else moves, so the bar says what it waits for.
-    checking: Mutex<Vec<String>>,
+    checking: Mutex<Checking>,
+}
+
+/// Volumes whose MD5 the NAS is computing, and the phase: while the last
+/// volumes are checked nothing else moves, so the bar says what it waits
+/// for, and shows the phase again once none is left.
+struct Checking {
+    names: Vec<String>,
+    phase: Phase,
 }
 
 impl BarEvents {
     /// Notes that `name` is being checked (or no longer is) and shows the
-    /// newest volume still being checked (by its number, which fits the
-    /// message's column), or "uploading".
+    /// newest volume still being checked, or the phase.
     fn checking(&self, bar: &ProgressBar, name: String, started: bool) {
         let Ok(mut checking) = self.checking.lock() else {
             return;
         };
-        checking.retain(|n| *n != name);
+        checking.names.retain(|n| *n != name);
         if started {
-            checking.push(name);
+            checking.names.push(name);
         }
-        match checking.last() {
-            Some(name) => {
-                let number = name.rsplit('.').next().unwrap_or(name);
-                bar.set_message(format!("NAS MD5 .{number}"));
-            }
-            None => bar.set_message(phase_name(Phase::Transferring)),
+        match checking.names.last() {
+            Some(name) => bar.set_message(checking_message(name)),
+            None => bar.set_message(phase_name(checking.phase)),
         }
+    }
+
+    /// A new phase: whatever was being checked has ended one way or the
+    /// other (a failed run sends no `VolumeStored`).
+    fn phase(&self, bar: &ProgressBar, phase: Phase) {
+        if let Ok(mut checking) = self.checking.lock() {
+            checking.names.clear();
+            checking.phase = phase;
+        }
+        bar.set_message(phase_name(phase));
+    }
+}
+
+/// "NAS MD5 .003" for volume 3 (what fits the message's column), "NAS MD5"
+/// for an archive in one piece.
+fn checking_message(name: &str) -> String {
+    match name.rsplit_once('.') {
+        Some((_, number)) if !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("NAS MD5 .{number}")
+        }
+        _ => "NAS MD5".to_owned(),
     }
 }
 
@@ -93,7 +119,7 @@ impl EventSink for BarEvents {
     fn event(&self, event: Event) {
         let Some(bar) = &self.bar else { return };
         match event {
-            Event::Phase(phase) => bar.set_message(phase_name(phase)),
+            Event::Phase(phase) => self.phase(bar, phase),
             Event::Progress(p) => {
                 bar.set_position(p.bytes);
                 let eta = p.eta.map_or(String::new(), |eta| {
@@ -379,4 +405,18 @@ pub fn prompt(question: &str) -> std::io::Result<String> {
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;
     Ok(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bar_names_the_volume_being_checked_by_its_number() {
+        assert_eq!(checking_message("home-x.tar.zst.003"), "NAS MD5 .003");
+        assert_eq!(checking_message("home-x.tar.zst.age.012"), "NAS MD5 .012");
+        assert_eq!(checking_message("home-x.tar.zst"), "NAS MD5");
+        assert_eq!(checking_message("home-x.tar.zst.age"), "NAS MD5");
+        assert_eq!(checking_message("odd."), "NAS MD5");
+    }
 }

@@ -13,9 +13,11 @@
 //!   header `x-synback-token`), and refuses requests whose `Origin` is not
 //!   this host or whose `Sec-Fetch-Site` is cross-site, so another web page
 //!   cannot trigger runs. It answers 303 back to the page when the run was
-//!   requested, 404 for an unknown job, and 409 while a run of the job is
-//!   still going (the scheduler would only count it as skipped; the page
-//!   shows such a job's button disabled).
+//!   requested, 404 for an unknown job, and 409 while the status says a
+//!   run of the job is still going (the scheduler would only count it as
+//!   skipped; the page, as loaded, shows such a job's button disabled).
+//!   That check is best effort: a second request before the run shows as
+//!   started gets 303 and is counted as skipped.
 //!
 //! The listener refuses non-loopback addresses unless `allow_remote` is set.
 //! Requests whose `Host` is not `localhost` or a loopback address (with

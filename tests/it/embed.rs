@@ -351,6 +351,15 @@ async fn each_volume_is_announced_uploaded_then_stored() {
             .unwrap();
         let events = drain(&mut rx);
         assert!(report.volumes.len() >= 2, "{mode}: {report:?}");
+        let announced = events
+            .iter()
+            .filter(|e| matches!(e, Event::VolumeUploaded { .. }))
+            .count();
+        assert_eq!(
+            announced,
+            report.volumes.len(),
+            "{mode}: one per volume, none for the manifest: {events:?}"
+        );
         for volume in &report.volumes {
             let at = |wanted: &Event| events.iter().position(|e| e == wanted);
             let uploaded = at(&Event::VolumeUploaded {

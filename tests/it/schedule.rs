@@ -1371,8 +1371,6 @@ async fn status_page_shows_jobs_and_run_now_needs_the_token() {
     daemon.stop().await.unwrap();
 }
 
-// ------------------------------------------------- status page in Chromium
-
 /// "Run now" while the job's run is still going answers 409 and starts
 /// nothing (the scheduler does not count it as skipped either); the page
 /// shows the button disabled meanwhile, and enabled again afterwards.
@@ -1410,6 +1408,8 @@ async fn run_now_over_http_while_the_job_runs_is_refused_with_409() {
     assert!(!page().await.contains("disabled"));
     daemon.stop().await.unwrap();
 }
+
+// ------------------------------------------------- status page in Chromium
 
 /// The Chromium binary; `None` (the test is skipped) when it is missing,
 /// except under `CI=true`, where a missing browser fails the test.

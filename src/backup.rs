@@ -421,38 +421,31 @@ where
     let mut delay = opts.retry_delay;
     for attempt in 1..=attempts {
         let (stream, len) = body()?;
-        let outcome = match send_once(target, &partial, stream, len, sent).await {
-            Ok(()) => {
-                if volume {
-                    events.event(Event::VolumeUploaded {
-                        name: name.to_owned(),
-                        size: len,
-                    });
-                }
-                check_md5(target, &partial, md5).await
+        let outcome = async {
+            send_once(target, &partial, stream, len, sent).await?;
+            if volume {
+                events.event(Event::VolumeUploaded {
+                    name: name.to_owned(),
+                    size: len,
+                });
             }
-            Err(err) => Err(err),
-        };
-        let reason = match outcome {
+            check_md5(target, &partial, md5).await
+        }
+        .await;
+        let failed = match outcome {
             Ok(()) => {
                 target.rename(&partial, name).await?;
                 return Ok(attempt);
             }
-            Err(Attempt::Mismatch(actual)) if attempt == attempts => {
-                delete_quietly(target, &partial).await;
-                return Err(Error::Md5Mismatch {
-                    name: name.to_owned(),
-                    expected: md5.to_owned(),
-                    actual,
-                    attempts,
-                });
-            }
-            Err(Attempt::Failed(err)) if attempt == attempts || !err.is_retryable() => {
-                delete_quietly(target, &partial).await;
-                return Err(err.into());
-            }
-            Err(Attempt::Mismatch(actual)) => format!("MD5 {actual} differs from {md5}"),
-            Err(Attempt::Failed(err)) => err.to_string(),
+            Err(failed) => failed,
+        };
+        if attempt == attempts || !failed.is_retryable() {
+            delete_quietly(target, &partial).await;
+            return Err(failed.into_error(name, md5, attempts));
+        }
+        let reason = match failed {
+            Attempt::Mismatch(actual) => format!("MD5 {actual} differs from {md5}"),
+            Attempt::Failed(err) => err.to_string(),
         };
         warn!(volume = name, attempt, reason = %reason, "volume upload failed; sending again");
         events.event(Event::VolumeRetry {
@@ -475,6 +468,31 @@ enum Attempt {
     Mismatch(String),
     /// The upload, or the target's MD5 task, failed.
     Failed(target::Error),
+}
+
+impl Attempt {
+    /// Whether sending again may help: a mismatch may (the bytes were
+    /// damaged on the way), a failure if the target says so.
+    fn is_retryable(&self) -> bool {
+        match self {
+            Attempt::Mismatch(_) => true,
+            Attempt::Failed(err) => err.is_retryable(),
+        }
+    }
+
+    /// The run's error for the file `name` (whose MD5 is `expected`) after
+    /// `attempts` attempts ended this way.
+    fn into_error(self, name: &str, expected: &str, attempts: u32) -> Error {
+        match self {
+            Attempt::Mismatch(actual) => Error::Md5Mismatch {
+                name: name.to_owned(),
+                expected: expected.to_owned(),
+                actual,
+                attempts,
+            },
+            Attempt::Failed(err) => err.into(),
+        }
+    }
 }
 
 /// Sends one attempt of a volume into `partial`, counting what goes out.
@@ -1260,21 +1278,9 @@ mod stream {
                 name: name.clone(),
                 size: info.size,
             });
-            match check_md5(target.as_ref(), &partial, &info.md5).await {
-                Ok(()) => {}
-                Err(Attempt::Mismatch(actual)) => {
-                    delete_quietly(target.as_ref(), &partial).await;
-                    return Err(Error::Md5Mismatch {
-                        name,
-                        expected: info.md5,
-                        actual,
-                        attempts: 1,
-                    });
-                }
-                Err(Attempt::Failed(err)) => {
-                    delete_quietly(target.as_ref(), &partial).await;
-                    return Err(err.into());
-                }
+            if let Err(failed) = check_md5(target.as_ref(), &partial, &info.md5).await {
+                delete_quietly(target.as_ref(), &partial).await;
+                return Err(failed.into_error(&name, &info.md5, 1));
             }
             target.rename(&partial, &name).await?;
             events.event(Event::VolumeStored {

@@ -117,6 +117,10 @@ async fn serve(
     let faults = shared.faults.get();
     let declared = content_length(req.headers());
     if let Some(refused) = front_end_faults(shared, &faults, declared, rec).await {
+        // As nginx's lingering close: the rest of the body is read and
+        // dropped, so that a client still sending gets to read the answer
+        // instead of a reset connection (a broken pipe hid the 413).
+        discard(req.into_body()).await;
         return refused;
     }
     let (parts, body) = req.into_parts();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -32,6 +32,9 @@ const ABANDON_CLEANUP: Duration = Duration::from_secs(15);
 /// `on_failure` hook and notifications).
 const ABANDON_REPORT: Duration = Duration::from_secs(15);
 
+/// The trigger of a run someone asked for ("run now").
+const MANUAL: &str = "manual";
+
 /// Why a run abandoned at shutdown failed.
 const ABANDONED: &str = "abandoned at shutdown: the run outlived the grace period";
 
@@ -52,13 +55,78 @@ impl Reload {
     }
 }
 
+/// The daemon's answer to a "run now" request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RunNow {
+    /// A run of the job started.
+    Started,
+    /// A run of the job is still going, so no second one was started (and,
+    /// unlike a fire time, none is counted as skipped: the asker is told).
+    AlreadyRunning,
+    /// The daemon has no job of that name.
+    UnknownJob,
+}
+
+/// A "run now" request on its way to the daemon loop, with where the
+/// loop's decision goes: the asker learns what the loop decided, not what
+/// the status said a moment earlier.
+#[derive(Debug)]
+pub(crate) struct RunRequest {
+    job: String,
+    reply: oneshot::Sender<RunNow>,
+}
+
+/// The asking side of "run now", shared by [`DaemonHandle`], the status
+/// listener and the MQTT button.
+#[derive(Debug, Clone)]
+pub(crate) struct RunNowSender(mpsc::Sender<RunRequest>);
+
+impl RunNowSender {
+    /// Asks the daemon loop to run `job` and waits for its decision; `None`
+    /// when the daemon has stopped (or stops before it decides).
+    ///
+    /// # Cancel safety
+    /// A call cancelled before the loop received the request starts
+    /// nothing; one cancelled later may still have started the run.
+    pub(crate) async fn request(&self, job: &str) -> Option<RunNow> {
+        let (reply, answer) = oneshot::channel();
+        let job = job.to_owned();
+        self.0.send(RunRequest { job, reply }).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// A sender whose requests nobody receives (for unit tests of the
+    /// listener).
+    #[cfg(test)]
+    pub(crate) fn unconnected() -> Self {
+        Self(mpsc::channel(1).0)
+    }
+
+    /// A sender answered with `answer` by a task standing in for the
+    /// daemon loop, and the job names it was asked for (for unit tests of
+    /// the listener).
+    #[cfg(test)]
+    pub(crate) fn answering(answer: RunNow) -> (Self, mpsc::UnboundedReceiver<String>) {
+        let (requests, mut received) = mpsc::channel::<RunRequest>(4);
+        let (asked_tx, asked) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(request) = received.recv().await {
+                let _ = asked_tx.send(request.job);
+                let _ = request.reply.send(answer);
+            }
+        });
+        (Self(requests), asked)
+    }
+}
+
 /// The daemon's side of its control channels; pass it to [`run`].
 #[derive(Debug)]
 pub struct DaemonControl {
     shutdown: CancellationToken,
     reload: mpsc::Receiver<Reload>,
-    run_now: mpsc::Receiver<String>,
-    run_now_tx: mpsc::Sender<String>,
+    run_now: mpsc::Receiver<RunRequest>,
+    run_now_tx: RunNowSender,
     status_addr: watch::Sender<Option<SocketAddr>>,
 }
 
@@ -67,7 +135,7 @@ pub struct DaemonControl {
 pub struct DaemonHandle {
     shutdown: CancellationToken,
     reload: mpsc::Sender<Reload>,
-    run_now: mpsc::Sender<String>,
+    run_now: RunNowSender,
     status_addr: watch::Receiver<Option<SocketAddr>>,
 }
 
@@ -77,6 +145,7 @@ impl DaemonControl {
         let shutdown = CancellationToken::new();
         let (reload_tx, reload) = mpsc::channel(4);
         let (run_now_tx, run_now) = mpsc::channel(16);
+        let run_now_tx = RunNowSender(run_now_tx);
         let (status_addr, status_addr_rx) = watch::channel(None);
         let control = DaemonControl {
             shutdown: shutdown.clone(),
@@ -117,13 +186,14 @@ impl DaemonHandle {
         self.reload.send(reload).await.is_ok()
     }
 
-    /// Asks the daemon to run `job` now (skipped when it is running).
-    /// Returns false when the daemon has stopped.
+    /// Asks the daemon to run `job` now, and tells whether it started.
+    /// Returns `None` when the daemon has stopped.
     ///
     /// # Cancel safety
-    /// Cancel safe: a cancelled call sends nothing.
-    pub async fn run_now(&self, job: &str) -> bool {
-        self.run_now.send(job.to_owned()).await.is_ok()
+    /// A call cancelled before the daemon received the request starts
+    /// nothing; one cancelled later may still have started the run.
+    pub async fn run_now(&self, job: &str) -> Option<RunNow> {
+        self.run_now.request(job).await
     }
 
     /// The address the status listener is bound to, once it listens
@@ -185,6 +255,7 @@ pub async fn run(
     daemon.set_jobs(jobs).await;
     daemon.catch_up().await;
     daemon.main_loop().await;
+    daemon.refuse_run_requests();
     daemon.drain().await;
     if let Some(server) = server {
         server.stop().await;
@@ -341,7 +412,7 @@ impl Daemon {
             tokio::select! {
                 () = self.control.shutdown.cancelled() => break,
                 Some(reload) = self.control.reload.recv() => self.reload(reload).await,
-                Some(job) = self.control.run_now.recv() => self.start(&job, "manual").await,
+                Some(request) = self.control.run_now.recv() => self.run_requested(request).await,
                 Some(joined) = self.tasks.join_next_with_id() => self.finished(joined).await,
                 () = tokio::time::sleep(sleep) => self.fire_due().await,
             }
@@ -378,8 +449,24 @@ impl Daemon {
         }
     }
 
-    /// Starts a run of `name` unless one is going (then it is skipped).
-    async fn start(&mut self, name: &str, trigger: &'static str) {
+    /// Starts a requested run and tells the asker what became of it. The
+    /// answer is dropped when the asker stopped waiting.
+    async fn run_requested(&mut self, request: RunRequest) {
+        let answer = self.start(&request.job, MANUAL).await;
+        let _ = request.reply.send(answer);
+    }
+
+    /// Stops taking "run now" requests once the loop has ended: those
+    /// already queued are dropped, so their askers hear that the daemon
+    /// stopped instead of waiting for a decision that will never come.
+    fn refuse_run_requests(&mut self) {
+        self.control.run_now.close();
+        while self.control.run_now.try_recv().is_ok() {}
+    }
+
+    /// Starts a run of `name` unless one is going: then a fire time is
+    /// counted as skipped, a manual request only answered.
+    async fn start(&mut self, name: &str, trigger: &'static str) -> RunNow {
         // A run that ended but whose task the main loop has not reaped yet
         // (select! picks among ready branches at random) is not running.
         while let Some(joined) = self.tasks.try_join_next_with_id() {
@@ -388,24 +475,13 @@ impl Daemon {
         let now = self.now();
         let Some(scheduled) = self.jobs.get(name) else {
             tracing::warn!(job = name, trigger, "run requested for an unknown job");
-            return;
+            return RunNow::UnknownJob;
         };
         let spec = Arc::clone(&scheduled.spec);
         let next = scheduled.due;
         if self.running.contains(name) {
-            tracing::warn!(
-                job = name,
-                trigger,
-                "previous run still going; this run is skipped"
-            );
-            self.ctx
-                .store
-                .update(name, now, |job| {
-                    job.skipped += 1;
-                    job.next_run = next;
-                })
-                .await;
-            return;
+            self.not_started(name, trigger, next).await;
+            return RunNow::AlreadyRunning;
         }
         self.running.insert(name.to_owned());
         self.ctx
@@ -426,6 +502,32 @@ impl Daemon {
         .instrument(span);
         let handle = self.tasks.spawn(task);
         self.task_jobs.insert(handle.id(), name.to_owned());
+        RunNow::Started
+    }
+
+    /// Records a run not started because the previous one is still going.
+    /// Only a fire time counts as skipped: whoever asked for a manual run
+    /// hears the answer.
+    async fn not_started(&self, name: &str, trigger: &'static str, next: Option<DateTime<Utc>>) {
+        if trigger == MANUAL {
+            tracing::info!(
+                job = name,
+                "run requested while a run is still going; not started"
+            );
+            return;
+        }
+        tracing::warn!(
+            job = name,
+            trigger,
+            "previous run still going; this run is skipped"
+        );
+        self.ctx
+            .store
+            .update(name, self.now(), |job| {
+                job.skipped += 1;
+                job.next_run = next;
+            })
+            .await;
     }
 
     async fn finished(

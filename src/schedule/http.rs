@@ -12,12 +12,11 @@
 //!   per-process random token embedded in the page (form field `token` or
 //!   header `x-synback-token`), and refuses requests whose `Origin` is not
 //!   this host or whose `Sec-Fetch-Site` is cross-site, so another web page
-//!   cannot trigger runs. It answers 303 back to the page when the run was
-//!   requested, 404 for an unknown job, and 409 while the status says a
-//!   run of the job is still going (the scheduler would only count it as
-//!   skipped; the page, as loaded, shows such a job's button disabled).
-//!   That check is best effort: a second request before the run shows as
-//!   started gets 303 and is counted as skipped.
+//!   cannot trigger runs. The scheduler decides, and the answer says what
+//!   it decided: 303 back to the page when the run started, 404 for an
+//!   unknown job, 409 when a run of the job is still going (nothing is
+//!   started; the page, as loaded, shows such a job's button disabled), 503
+//!   when the daemon is stopping.
 //!
 //! The listener refuses non-loopback addresses unless `allow_remote` is set.
 //! Requests whose `Host` is not `localhost` or a loopback address (with
@@ -45,9 +44,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::daemon::{RunNow, RunNowSender};
 use super::status::{JobStatus, StatusFile, StatusStore};
 use super::{Clock, DaemonSettings, Error, RunStatus};
 
@@ -59,7 +58,7 @@ struct AppState {
     store: Arc<StatusStore>,
     clock: Arc<dyn Clock>,
     token: Arc<str>,
-    run_now: mpsc::Sender<String>,
+    run_now: RunNowSender,
     healthy_within: Option<Duration>,
     allow_remote: bool,
     trusted_peers: Arc<[IpAddr]>,
@@ -89,7 +88,7 @@ pub(crate) async fn start(
     settings: &DaemonSettings,
     store: &Arc<StatusStore>,
     clock: &Arc<dyn Clock>,
-    run_now: mpsc::Sender<String>,
+    run_now: RunNowSender,
 ) -> Result<Option<(Server, SocketAddr)>, Error> {
     let Some(addr) = settings.status_listen else {
         return Ok(None);
@@ -359,22 +358,24 @@ async fn run_now(
         tracing::warn!(job = %job, "run-now refused: missing or wrong token");
         return (StatusCode::FORBIDDEN, "refused: missing or wrong token\n").into_response();
     }
-    match state.store.snapshot().jobs.get(&job) {
-        None => return (StatusCode::NOT_FOUND, "no such job\n").into_response(),
-        Some(status) if status.running => {
-            tracing::info!(job = %job, "run-now refused: a run is still going");
-            let text = "a run of this job is still going; it was not started again\n";
-            return (StatusCode::CONFLICT, text).into_response();
-        }
-        Some(_) => {}
-    }
-    if state.run_now.send(job.clone()).await.is_err() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "daemon is stopping\n").into_response();
-    }
     tracing::info!(job = %job, "run-now requested over HTTP");
-    // Relative: from `<prefix>/run/<job>` back to `<prefix>/`, whatever
-    // prefix a reverse proxy (Home Assistant ingress) put in front.
-    Redirect::to("../").into_response()
+    run_now_answer(state.run_now.request(&job).await)
+}
+
+/// The HTTP answer to the scheduler's decision on a run-now request.
+fn run_now_answer(decision: Option<RunNow>) -> Response {
+    let text = match decision {
+        // Relative: from `<prefix>/run/<job>` back to `<prefix>/`, whatever
+        // prefix a reverse proxy (Home Assistant ingress) put in front.
+        Some(RunNow::Started) => return Redirect::to("../").into_response(),
+        Some(RunNow::AlreadyRunning) => (
+            StatusCode::CONFLICT,
+            "a run of this job is still going; it was not started again\n",
+        ),
+        Some(RunNow::UnknownJob) => (StatusCode::NOT_FOUND, "no such job\n"),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "daemon is stopping\n"),
+    };
+    text.into_response()
 }
 
 /// Refuses requests a browser marks as coming from another site.
@@ -518,7 +519,7 @@ mod tests {
             store: Arc::new(StatusStore::load(dir)),
             clock: Arc::new(SystemClock),
             token: "t".into(),
-            run_now: mpsc::channel(1).0,
+            run_now: RunNowSender::unconnected(),
             healthy_within: None,
             allow_remote,
             trusted_peers: trusted
@@ -602,7 +603,7 @@ mod tests {
         tempfile::TempDir,
         Server,
         SocketAddr,
-        mpsc::Receiver<String>,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
     ) {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = DaemonSettings::new(dir.path());
@@ -611,7 +612,7 @@ mod tests {
         let store = Arc::new(StatusStore::load(dir.path().to_owned()));
         store.update("ha", Utc::now(), |_| {}).await;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let (run_tx, run_rx) = mpsc::channel(4);
+        let (run_tx, run_rx) = RunNowSender::answering(RunNow::Started);
         let (server, addr) = start(&settings, &store, &clock, run_tx)
             .await
             .unwrap()

@@ -81,7 +81,7 @@ mod types;
 
 pub use cron_time::{interval, next_after};
 
-pub use daemon::{DaemonControl, DaemonHandle, Reload, check_jobs, run};
+pub use daemon::{DaemonControl, DaemonHandle, Reload, RunNow, check_jobs, run};
 pub use error::Error;
 pub use retry::RetryPolicy;
 pub use status::{JobStatus, StatusFile, format_status, read_status};

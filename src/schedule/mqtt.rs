@@ -22,9 +22,9 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use serde_json::json;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::daemon::{RunNow, RunNowSender};
 use super::status::{JobStatus, StatusStore};
 use crate::secret::Secret;
 
@@ -112,7 +112,7 @@ impl Publisher {
     pub(crate) fn start(
         settings: MqttSettings,
         store: Arc<StatusStore>,
-        run_now: mpsc::Sender<String>,
+        run_now: RunNowSender,
     ) -> Self {
         let stop = CancellationToken::new();
         let task = tokio::spawn(publish_loop(settings, store, run_now, stop.clone()));
@@ -148,7 +148,7 @@ struct Session {
     settings: MqttSettings,
     client: AsyncClient,
     store: Arc<StatusStore>,
-    run_now: mpsc::Sender<String>,
+    run_now: RunNowSender,
     announced: BTreeSet<String>,
     stop: CancellationToken,
 }
@@ -156,7 +156,7 @@ struct Session {
 async fn publish_loop(
     settings: MqttSettings,
     store: Arc<StatusStore>,
-    run_now: mpsc::Sender<String>,
+    run_now: RunNowSender,
     stop: CancellationToken,
 ) {
     let (client, mut events) = AsyncClient::new(options(&settings), QUEUE);
@@ -229,8 +229,12 @@ impl Session {
             return;
         };
         tracing::info!(job = %job, "run-now requested over MQTT");
-        if self.run_now.send(job.clone()).await.is_err() {
-            tracing::warn!(job = %job, "daemon is stopping; MQTT run-now dropped");
+        match self.run_now.request(job).await {
+            Some(RunNow::AlreadyRunning) => {
+                tracing::info!(job = %job, "MQTT run-now: a run is still going; not started again");
+            }
+            None => tracing::warn!(job = %job, "daemon is stopping; MQTT run-now dropped"),
+            Some(_) => {}
         }
     }
 

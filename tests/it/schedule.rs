@@ -18,8 +18,8 @@ use synback::schedule::hooks::{HookKind, hook_env, run_hook};
 use synback::schedule::status::write_status;
 use synback::schedule::{
     Clock, DaemonControl, DaemonHandle, DaemonSettings, Error, JobRunner, JobSpec, JobStatus,
-    Reload, RetryPolicy, RunOutcome, RunStatus, StatusFile, SystemClock, TokioClock, format_status,
-    read_status,
+    Reload, RetryPolicy, RunNow, RunOutcome, RunStatus, StatusFile, SystemClock, TokioClock,
+    format_status, read_status,
 };
 use synback::secret::Secret;
 use tokio::task::JoinHandle;
@@ -632,7 +632,7 @@ async fn sighup_with_a_good_then_an_unparsable_config_file_and_sigterm_under_pau
 }
 
 #[tokio::test(start_paused = true)]
-async fn run_now_triggers_a_job_once_even_when_asked_twice() {
+async fn run_now_starts_a_job_once_even_when_asked_twice_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let clock = paused_clock("2026-01-01T00:00:30Z");
     let runner = FakeRunner::new(Arc::clone(&clock), |_, _| Step::Ok(MIN));
@@ -642,13 +642,17 @@ async fn run_now_triggers_a_job_once_even_when_asked_twice() {
         &runner,
         clock,
     );
-    assert!(daemon.handle.run_now("yearly").await);
-    assert!(daemon.handle.run_now("yearly").await);
-    assert!(daemon.handle.run_now("unknown").await);
+    let handle = &daemon.handle;
+    assert_eq!(handle.run_now("yearly").await, Some(RunNow::Started));
+    assert_eq!(handle.run_now("yearly").await, Some(RunNow::AlreadyRunning));
+    assert_eq!(handle.run_now("unknown").await, Some(RunNow::UnknownJob));
     pass(MIN * 2).await;
+    let stopped = daemon.handle.clone();
     daemon.stop().await.unwrap();
     assert_eq!(runner.calls().len(), 1);
-    assert_eq!(read_status(dir.path()).unwrap().jobs["yearly"].skipped, 1);
+    // Skipped counts fire times; the asker of the second run was told.
+    assert_eq!(read_status(dir.path()).unwrap().jobs["yearly"].skipped, 0);
+    assert_eq!(stopped.run_now("yearly").await, None);
 }
 
 #[tokio::test(start_paused = true)]
@@ -769,7 +773,7 @@ async fn a_failing_before_hook_fails_the_run_without_calling_the_runner() {
     spec.hooks.before = Some("exit 7".into());
     spec.hooks.on_failure = Some(format!("echo \"$SYNBACK_STATUS\" > '{}'", marker.display()));
     let daemon = start(settings(dir.path()), vec![spec], &runner, real_clock());
-    assert!(daemon.handle.run_now("db").await);
+    assert_eq!(daemon.handle.run_now("db").await, Some(RunNow::Started));
     let db = wait_runs(dir.path(), "db", 1).await;
     daemon.stop().await.unwrap();
     assert!(runner.calls().is_empty());
@@ -1387,20 +1391,18 @@ async fn run_now_over_http_while_the_job_runs_is_refused_with_409() {
     let first = page().await;
     assert!(!first.contains("disabled"), "{first}");
     let token = page_token(&first);
-    daemon.handle.run_now("good").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !read_status(dir.path()).is_ok_and(|s| s.jobs.get("good").is_some_and(|j| j.running)) {
-        assert!(Instant::now() < deadline, "the run never showed as running");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Back to back: the scheduler's own decision answers each, so there is
+    // no window in which a second request also looks accepted.
+    let started = post_run(&client, &base, "good", &token).await;
+    assert_eq!(started.status(), 303);
+    let refused = post_run(&client, &base, "good", &token).await;
+    assert_eq!(refused.status(), 409);
+    assert!(refused.text().await.unwrap().contains("still going"));
     let during = page().await;
     assert!(
         during.contains("<button disabled>running</button>"),
         "{during}"
     );
-    let refused = post_run(&client, &base, "good", &token).await;
-    assert_eq!(refused.status(), 409);
-    assert!(refused.text().await.unwrap().contains("still going"));
     wait_runs(dir.path(), "good", 1).await;
     let status = read_status(dir.path()).unwrap();
     assert_eq!(status.jobs["good"].skipped, 0, "{status:?}");

@@ -18,7 +18,7 @@ use synback::agent::{Agent, DEVICE_ID_FILE};
 use synback::config::{Config, ConfigEnv};
 use synback::daemon::AgentRunner;
 use synback::schedule::{
-    DaemonControl, DaemonSettings, JobRunner, JobSpec, SystemClock, read_status,
+    DaemonControl, DaemonSettings, JobRunner, JobSpec, RunNow, SystemClock, read_status,
 };
 use synback::secret::Secret;
 use synback::totp::Totp;
@@ -181,11 +181,11 @@ async fn no_secret_reaches_logs_errors_or_the_status_file() {
         control,
     ));
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert!(handle.run_now("home").await);
+    assert_eq!(handle.run_now("home").await, Some(RunNow::Started));
     let first = wait_runs(&state, "home", 1).await;
     assert!(first.last_snapshot.is_some(), "{first:?}");
     runner.replace(Agent::new(with_nas_lines(&world, "", Some(&wrong_pw))));
-    assert!(handle.run_now("home").await);
+    assert_eq!(handle.run_now("home").await, Some(RunNow::Started));
     let second = wait_runs(&state, "home", 2).await;
     assert!(second.last_error.is_some(), "{second:?}");
     handle.shutdown();

@@ -32,8 +32,27 @@ const ABANDON_CLEANUP: Duration = Duration::from_secs(15);
 /// `on_failure` hook and notifications).
 const ABANDON_REPORT: Duration = Duration::from_secs(15);
 
-/// The trigger of a run someone asked for ("run now").
-const MANUAL: &str = "manual";
+/// What started a run: it names the run in the logs, and decides whether a
+/// run not started because one is going counts as skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// A fire time of the schedule.
+    Schedule,
+    /// The catch-up at start for a job whose last success is too old.
+    CatchUp,
+    /// A "run now" request: its asker hears the answer.
+    Manual,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Schedule => "schedule",
+            Self::CatchUp => "catch-up",
+            Self::Manual => "manual",
+        }
+    }
+}
 
 /// Why a run abandoned at shutdown failed.
 const ABANDONED: &str = "abandoned at shutdown: the run outlived the grace period";
@@ -59,7 +78,8 @@ impl Reload {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RunNow {
-    /// A run of the job started.
+    /// A run of the job started (it may still wait for a free slot under
+    /// `max_parallel`).
     Started,
     /// A run of the job is still going, so no second one was started (and,
     /// unlike a fire time, none is counted as skipped: the asker is told).
@@ -87,8 +107,9 @@ impl RunNowSender {
     /// when the daemon has stopped (or stops before it decides).
     ///
     /// # Cancel safety
-    /// A call cancelled before the loop received the request starts
-    /// nothing; one cancelled later may still have started the run.
+    /// A call cancelled while it waits for room in the queue sends
+    /// nothing; once the request is queued it is carried out, and only the
+    /// answer is lost.
     pub(crate) async fn request(&self, job: &str) -> Option<RunNow> {
         let (reply, answer) = oneshot::channel();
         let job = job.to_owned();
@@ -96,8 +117,8 @@ impl RunNowSender {
         answer.await.ok()
     }
 
-    /// A sender whose requests nobody receives (for unit tests of the
-    /// listener).
+    /// A sender whose daemon has gone: every request answers `None` (for
+    /// unit tests of the listener).
     #[cfg(test)]
     pub(crate) fn unconnected() -> Self {
         Self(mpsc::channel(1).0)
@@ -190,8 +211,9 @@ impl DaemonHandle {
     /// Returns `None` when the daemon has stopped.
     ///
     /// # Cancel safety
-    /// A call cancelled before the daemon received the request starts
-    /// nothing; one cancelled later may still have started the run.
+    /// A call cancelled while it waits for room in the queue sends
+    /// nothing; once the request is queued it is carried out, and only the
+    /// answer is lost.
     pub async fn run_now(&self, job: &str) -> Option<RunNow> {
         self.run_now.request(job).await
     }
@@ -255,7 +277,7 @@ pub async fn run(
     daemon.set_jobs(jobs).await;
     daemon.catch_up().await;
     daemon.main_loop().await;
-    daemon.refuse_run_requests();
+    daemon.refuse_run_requests().await;
     daemon.drain().await;
     if let Some(server) = server {
         server.stop().await;
@@ -402,7 +424,7 @@ impl Daemon {
             .collect();
         for name in late {
             tracing::info!(job = %name, "last success older than the interval; catching up");
-            self.start(&name, "catch-up").await;
+            self.start(&name, Trigger::CatchUp).await;
         }
     }
 
@@ -445,28 +467,35 @@ impl Daemon {
             if let Some(scheduled) = self.jobs.get_mut(&name) {
                 schedule_next(scheduled, now);
             }
-            self.start(&name, "schedule").await;
+            self.start(&name, Trigger::Schedule).await;
         }
     }
 
     /// Starts a requested run and tells the asker what became of it. The
-    /// answer is dropped when the asker stopped waiting.
+    /// answer is dropped when the asker stopped waiting. A request that
+    /// meets a shutdown (`select!` picks among ready branches at random)
+    /// starts nothing: its dropped reply tells the asker the daemon stops.
     async fn run_requested(&mut self, request: RunRequest) {
-        let answer = self.start(&request.job, MANUAL).await;
+        if self.control.shutdown.is_cancelled() {
+            return;
+        }
+        let answer = self.start(&request.job, Trigger::Manual).await;
         let _ = request.reply.send(answer);
     }
 
     /// Stops taking "run now" requests once the loop has ended: those
-    /// already queued are dropped, so their askers hear that the daemon
-    /// stopped instead of waiting for a decision that will never come.
-    fn refuse_run_requests(&mut self) {
+    /// already queued, or being queued by a sender that holds a slot, are
+    /// dropped, so their askers hear that the daemon stops instead of
+    /// waiting for a decision that will never come (and the status
+    /// listener's and MQTT's stops, which wait for their handlers, end).
+    async fn refuse_run_requests(&mut self) {
         self.control.run_now.close();
-        while self.control.run_now.try_recv().is_ok() {}
+        while self.control.run_now.recv().await.is_some() {}
     }
 
     /// Starts a run of `name` unless one is going: then a fire time is
     /// counted as skipped, a manual request only answered.
-    async fn start(&mut self, name: &str, trigger: &'static str) -> RunNow {
+    async fn start(&mut self, name: &str, trigger: Trigger) -> RunNow {
         // A run that ended but whose task the main loop has not reaped yet
         // (select! picks among ready branches at random) is not running.
         while let Some(joined) = self.tasks.try_join_next_with_id() {
@@ -474,13 +503,14 @@ impl Daemon {
         }
         let now = self.now();
         let Some(scheduled) = self.jobs.get(name) else {
+            let trigger = trigger.as_str();
             tracing::warn!(job = name, trigger, "run requested for an unknown job");
             return RunNow::UnknownJob;
         };
         let spec = Arc::clone(&scheduled.spec);
         let next = scheduled.due;
         if self.running.contains(name) {
-            self.not_started(name, trigger, next).await;
+            self.not_started(name, trigger, now, next).await;
             return RunNow::AlreadyRunning;
         }
         self.running.insert(name.to_owned());
@@ -491,6 +521,7 @@ impl Daemon {
                 job.next_run = next;
             })
             .await;
+        let trigger = trigger.as_str();
         let span =
             tracing::info_span!("run", job = name, trigger, snapshot = tracing::field::Empty);
         let task = run_job(
@@ -508,14 +539,21 @@ impl Daemon {
     /// Records a run not started because the previous one is still going.
     /// Only a fire time counts as skipped: whoever asked for a manual run
     /// hears the answer.
-    async fn not_started(&self, name: &str, trigger: &'static str, next: Option<DateTime<Utc>>) {
-        if trigger == MANUAL {
+    async fn not_started(
+        &self,
+        name: &str,
+        trigger: Trigger,
+        now: DateTime<Utc>,
+        next: Option<DateTime<Utc>>,
+    ) {
+        if trigger == Trigger::Manual {
             tracing::info!(
                 job = name,
                 "run requested while a run is still going; not started"
             );
             return;
         }
+        let trigger = trigger.as_str();
         tracing::warn!(
             job = name,
             trigger,
@@ -523,7 +561,7 @@ impl Daemon {
         );
         self.ctx
             .store
-            .update(name, self.now(), |job| {
+            .update(name, now, |job| {
                 job.skipped += 1;
                 job.next_run = next;
             })

@@ -13,7 +13,8 @@
 //!   header `x-synback-token`), and refuses requests whose `Origin` is not
 //!   this host or whose `Sec-Fetch-Site` is cross-site, so another web page
 //!   cannot trigger runs. The scheduler decides, and the answer says what
-//!   it decided: 303 back to the page when the run started, 404 for an
+//!   it decided: 303 back to the page when the run started (or waits for
+//!   a free slot under `max_parallel`), 404 for an
 //!   unknown job, 409 when a run of the job is still going (nothing is
 //!   started; the page, as loaded, shows such a job's button disabled), 503
 //!   when the daemon is stopping.
@@ -594,6 +595,15 @@ mod tests {
         assert_eq!(stale("2026-01-01T05:30:00Z"), ["failed", "never"]);
         assert_eq!(stale("2026-01-01T06:30:00Z"), ["failed", "never", "ok"]);
         assert!(stale_jobs(&status, None, t("2027-01-01T00:00:00Z"), started).is_empty());
+    }
+
+    #[test]
+    fn each_decision_of_the_scheduler_has_its_own_answer() {
+        let status = |decision| run_now_answer(decision).status();
+        assert_eq!(status(Some(RunNow::Started)), StatusCode::SEE_OTHER);
+        assert_eq!(status(Some(RunNow::AlreadyRunning)), StatusCode::CONFLICT);
+        assert_eq!(status(Some(RunNow::UnknownJob)), StatusCode::NOT_FOUND);
+        assert_eq!(status(None), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     /// A status server for job `ha` that trusts the ingress proxy at

@@ -24,7 +24,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS}
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::daemon::{RunNow, RunNowSender};
+use super::daemon::RunNowSender;
 use super::status::{JobStatus, StatusStore};
 use crate::secret::Secret;
 
@@ -229,12 +229,9 @@ impl Session {
             return;
         };
         tracing::info!(job = %job, "run-now requested over MQTT");
-        match self.run_now.request(job).await {
-            Some(RunNow::AlreadyRunning) => {
-                tracing::info!(job = %job, "MQTT run-now: a run is still going; not started again");
-            }
-            None => tracing::warn!(job = %job, "daemon is stopping; MQTT run-now dropped"),
-            Some(_) => {}
+        // The daemon logs its decision; only a daemon that stops is news.
+        if self.run_now.request(job).await.is_none() {
+            tracing::warn!(job = %job, "daemon is stopping; MQTT run-now dropped");
         }
     }
 

@@ -62,7 +62,8 @@ pub struct JobStatus {
     #[serde(default, with = "rfc3339")]
     pub next_run: Option<DateTime<Utc>>,
     /// True while a run is queued, in progress or sending its
-    /// notifications: a "run now" is skipped exactly while this is true.
+    /// notifications: a "run now" is refused (409, `RunNow::AlreadyRunning`)
+    /// exactly while this is true.
     pub running: bool,
     /// Finished runs (after retries, one per scheduled run).
     pub runs: u64,

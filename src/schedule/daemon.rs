@@ -503,8 +503,11 @@ impl Daemon {
         }
         let now = self.now();
         let Some(scheduled) = self.jobs.get(name) else {
-            let trigger = trigger.as_str();
-            tracing::warn!(job = name, trigger, "run requested for an unknown job");
+            tracing::warn!(
+                job = name,
+                trigger = trigger.as_str(),
+                "run requested for an unknown job"
+            );
             return RunNow::UnknownJob;
         };
         let spec = Arc::clone(&scheduled.spec);
@@ -521,9 +524,12 @@ impl Daemon {
                 job.next_run = next;
             })
             .await;
-        let trigger = trigger.as_str();
-        let span =
-            tracing::info_span!("run", job = name, trigger, snapshot = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "run",
+            job = name,
+            trigger = trigger.as_str(),
+            snapshot = tracing::field::Empty
+        );
         let task = run_job(
             Arc::clone(&self.ctx),
             spec,
@@ -553,10 +559,9 @@ impl Daemon {
             );
             return;
         }
-        let trigger = trigger.as_str();
         tracing::warn!(
             job = name,
-            trigger,
+            trigger = trigger.as_str(),
             "previous run still going; this run is skipped"
         );
         self.ctx

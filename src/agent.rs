@@ -750,12 +750,11 @@ async fn clean_up_abandoned(target: &dyn Target, job: &JobName) -> Result<usize,
     let holder = crate::repo::lock::Lock::holder(target)
         .await
         .map_err(backup::Error::from)?;
-    let ours = holder.is_some_and(|h| {
-        h.pid == std::process::id() && h.host == crate::repo::lock::local_hostname()
-    });
-    if !ours {
+    // Ours only if this process took it and never released it: a pid and a
+    // host name can be another machine's too.
+    let Some(holder) = holder.filter(crate::repo::lock::held_by_this_process) else {
         return Ok(0);
-    }
+    };
     let listing = list_folder(target, job).await?;
     let names: Vec<String> = listing
         .partials
@@ -770,6 +769,7 @@ async fn clean_up_abandoned(target: &dyn Target, job: &JobName) -> Result<usize,
         .collect();
     let deleted = crate::repo::listing::delete_ours(target, job, &names).await?;
     target.delete_if_exists(layout::LOCK_NAME).await?;
+    crate::repo::lock::forget_held(&holder);
     Ok(deleted)
 }
 

@@ -264,21 +264,39 @@ pub async fn run(
     let info = LockInfo::for_this_process(now).with_snapshot(&id);
     let lock = Lock::acquire(target.as_ref(), info, &opts.lock, now).await?;
     info!(snapshot = %id, "lock taken");
+    let lock = tokio::sync::Mutex::new(lock);
     let listing = remove_leftovers(target.as_ref(), &opts.job).await;
     let (read, stored) = previous_totals(target.as_ref(), listing.as_ref()).await;
     let events = crate::event::with_eta(events, read, stored);
 
     let spool_removal = TaskTracker::new();
-    let result = transfer_and_commit(&target, opts, &id, &events, &cancel, now, &spool_removal);
-    let result = result.await;
-    let result = match result {
-        Ok(report) => finish(&target, opts, report, &events, now).await,
-        Err(err) => {
-            remove_partials_of(target.as_ref(), &opts.job, &id).await;
-            Err(err)
+    let work_cancel = cancel.child_token();
+    let work = async {
+        let committed = transfer_and_commit(
+            &target,
+            opts,
+            &id,
+            &events,
+            &work_cancel,
+            now,
+            &spool_removal,
+            &lock,
+        );
+        match committed.await {
+            Ok(report) => finish(&target, opts, report, &events, now).await,
+            Err(err) => {
+                remove_partials_of(target.as_ref(), &opts.job, &id).await;
+                Err(err)
+            }
         }
     };
-    if let Err(err) = lock.release(target.as_ref()).await {
+    let keeper = LockKeeper {
+        target: target.as_ref(),
+        lock: &lock,
+        every: lock::refresh_interval(opts.lock.stale_after),
+    };
+    let result = keeper.hold_while(work, &work_cancel).await;
+    if let Err(err) = lock.into_inner().release(target.as_ref()).await {
         warn!(cause = %err, "could not release the lock");
     }
     spool_removal.close();
@@ -290,8 +308,66 @@ pub async fn run(
     })
 }
 
-/// Packs, uploads and verifies every volume, then writes the manifest.
-/// Spool files are removed on `spool_removal`'s tasks.
+/// Keeps a run's lock fresh while the run goes on.
+struct LockKeeper<'a> {
+    target: &'a dyn Target,
+    lock: &'a tokio::sync::Mutex<Lock>,
+    /// How often to refresh it.
+    every: Duration,
+}
+
+impl LockKeeper<'_> {
+    /// Runs `work`, refreshing the lock every `self.every` so that a run
+    /// longer than the stale age is not taken for a dead one (whose
+    /// uploads the next run would delete). If another writer took the lock
+    /// over all the same, cancels `work` through `cancel`, lets it clean up,
+    /// and fails with [`lock::Error::Lost`].
+    async fn hold_while<T>(
+        &self,
+        work: impl Future<Output = Result<T, Error>>,
+        cancel: &CancellationToken,
+    ) -> Result<T, Error> {
+        let mut work = std::pin::pin!(work);
+        tokio::select! {
+            result = &mut work => result,
+            lost = self.refresh_until_lost() => {
+                warn!(cause = %lost, "stopping: another writer took the lock over");
+                cancel.cancel();
+                // Its error (cancelled) gives way to the reason.
+                let _ = work.await;
+                Err(Error::Lock { source: lost })
+            }
+        }
+    }
+
+    /// Refreshes the lock forever; returns once it is someone else's. Other
+    /// failures (the NAS unreachable for a moment) are logged and tried
+    /// again at the next turn: the commit checks the lock once more.
+    async fn refresh_until_lost(&self) -> lock::Error {
+        loop {
+            tokio::time::sleep(self.every).await;
+            match self
+                .lock
+                .lock()
+                .await
+                .refresh(self.target, Utc::now())
+                .await
+            {
+                Ok(()) => debug!("lock refreshed"),
+                Err(lost @ lock::Error::Lost { .. }) => return lost,
+                Err(err) => warn!(cause = %err, "could not refresh the lock; trying again later"),
+            }
+        }
+    }
+}
+
+/// Packs, uploads and verifies every volume, then, once the lock proved
+/// still ours, writes the manifest. Spool files are removed on
+/// `spool_removal`'s tasks.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the run's pieces, each borrowed from `run`"
+)]
 async fn transfer_and_commit(
     target: &Arc<dyn Target>,
     opts: &BackupOptions,
@@ -300,6 +376,7 @@ async fn transfer_and_commit(
     cancel: &CancellationToken,
     now: DateTime<Utc>,
     spool_removal: &TaskTracker,
+    lock: &tokio::sync::Mutex<Lock>,
 ) -> Result<BackupReport, Error> {
     events.event(Event::Phase(Phase::Transferring));
     let encryption = match opts.pack.recipients.is_empty() && opts.pack.passphrase.is_none() {
@@ -321,6 +398,13 @@ async fn transfer_and_commit(
     };
 
     events.event(Event::Phase(Phase::Committing));
+    // A writer that took the lock over (it looked abandoned) deletes what
+    // it takes for leftovers: a manifest must not name volumes it may
+    // have removed.
+    lock.lock()
+        .await
+        .refresh(target.as_ref(), Utc::now())
+        .await?;
     let meta = SnapshotMeta::new(
         id.to_string(),
         opts.job.as_str(),

@@ -34,6 +34,11 @@ pub struct LockInfo {
     pub host: String,
     /// Process id of the writer on that host.
     pub pid: u32,
+    /// Which boot of which kernel, and which process-id namespace, `pid`
+    /// belongs to (a digest, see [`this_machine`]): two machines, or two
+    /// containers, may share a host name and even a pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
     /// When the lock was taken.
     pub started: DateTime<Utc>,
     /// When the holder last confirmed it is alive ([`Lock::refresh`]).
@@ -52,6 +57,7 @@ impl LockInfo {
         Self {
             host: host.into(),
             pid,
+            machine: None,
             started,
             refreshed: None,
             snapshot: None,
@@ -59,9 +65,12 @@ impl LockInfo {
         }
     }
 
-    /// The lock of this process (host name from the kernel, our pid).
+    /// The lock of this process (host name from the kernel, our pid, and
+    /// the machine it runs on).
     pub fn for_this_process(started: DateTime<Utc>) -> Self {
-        Self::new(local_hostname(), std::process::id(), started)
+        let mut info = Self::new(local_hostname(), std::process::id(), started);
+        info.machine = this_machine();
+        info
     }
 
     /// The same lock, naming the snapshot being written.
@@ -102,6 +111,10 @@ pub struct LockOptions {
     /// This machine's host name; a lock of this host whose process is gone
     /// (checked through `/proc`) is stale at once. `None` disables the check.
     pub local_host: Option<String>,
+    /// This machine's [`LockInfo::machine`]: the check above is made only
+    /// for a lock that names the same one, since a pid means nothing on
+    /// another machine that happens to share the host name.
+    pub local_machine: Option<String>,
 }
 
 impl Default for LockOptions {
@@ -110,6 +123,7 @@ impl Default for LockOptions {
         Self {
             stale_after: TimeDelta::hours(24),
             local_host: Some(local_hostname()),
+            local_machine: this_machine(),
         }
     }
 }
@@ -129,13 +143,21 @@ impl LockOptions {
         self
     }
 
+    /// Sets [`LockOptions::local_machine`].
+    #[must_use]
+    pub fn local_machine(mut self, machine: Option<String>) -> Self {
+        self.local_machine = machine;
+        self
+    }
+
     /// Why `holder` may be taken over at `now`, if it may.
     fn stale_reason(&self, holder: &LockInfo, now: DateTime<Utc>) -> Option<String> {
         let age = now - holder.last_seen();
         if age >= self.stale_after {
             return Some(format!("not refreshed for {}h", age.num_hours()));
         }
-        let local = self.local_host.as_deref() == Some(holder.host.as_str());
+        let local = self.local_host.as_deref() == Some(holder.host.as_str())
+            && holder.machine == self.local_machine;
         if local && holder.pid != std::process::id() && !process_alive(holder.pid) {
             return Some(format!("process {} is gone from this host", holder.pid));
         }
@@ -307,7 +329,8 @@ impl Lock {
     }
 
     /// Rewrites the lock with `refreshed = now`, so that long runs are not
-    /// taken for dead. Call it between volumes.
+    /// taken for dead, after checking that it is still ours. A backup calls
+    /// it every [`refresh_interval`] and once more before it commits.
     ///
     /// # Errors
     /// [`Error::Lost`] when the file is no longer ours (it is left alone),
@@ -449,6 +472,47 @@ mod held {
     }
 }
 
+/// How often a holder refreshes its lock: a quarter of the stale age, so
+/// that three refreshes in a row may fail (a NAS restarting, a network
+/// outage) before the lock looks abandoned, and at least every ten minutes.
+pub fn refresh_interval(stale_after: TimeDelta) -> std::time::Duration {
+    (stale_after / 4).to_std().unwrap_or_default().clamp(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(600),
+    )
+}
+
+/// Whether `info` is a lock this process holds and has not released: a
+/// run of ours whose future was dropped left it.
+pub fn held_by_this_process(info: &LockInfo) -> bool {
+    held::contains(&info.token)
+}
+
+/// Forgets that this process holds `info` (its file was deleted by hand).
+pub fn forget_held(info: &LockInfo) {
+    held::remove(&info.token);
+}
+
+/// A digest of this kernel's boot id and of this process's pid namespace,
+/// for [`LockInfo::machine`]; `None` without `/proc`. A digest rather than
+/// the values: the lock file is readable by anyone with the share.
+pub fn this_machine() -> Option<String> {
+    use sha2::{Digest, Sha256};
+    static MACHINE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    MACHINE
+        .get_or_init(|| {
+            let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+            let pid_ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+            let mut digest = Sha256::new();
+            digest.update(b"synback lock machine\0");
+            digest.update(boot.trim().as_bytes());
+            digest.update(b"\0");
+            digest.update(pid_ns.as_os_str().as_encoded_bytes());
+            Some(hex::encode(&digest.finalize()[..8]))
+        })
+        .clone()
+}
+
 /// This machine's host name, from the kernel; `unknown` when unavailable.
 pub fn local_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -479,7 +543,9 @@ mod tests {
     }
 
     fn opts() -> LockOptions {
-        LockOptions::default().local_host(Some("here".to_owned()))
+        LockOptions::default()
+            .local_host(Some("here".to_owned()))
+            .local_machine(None)
     }
 
     #[tokio::test]
@@ -535,6 +601,40 @@ mod tests {
         let _abandoned = Lock::acquire(&target, dead, &opts(), now()).await.unwrap();
         let lock = Lock::acquire(&target, LockInfo::new("here", 1, now()), &opts(), now()).await;
         assert!(lock.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_dead_pid_of_another_machine_with_our_host_name_is_not_stale() {
+        // Two Raspberry Pis both called `raspberrypi`, or two containers
+        // sharing the host's name: the other one's pid is not in our /proc.
+        let target = MemoryTarget::with_folder();
+        let mut elsewhere = LockInfo::new("here", 0, now());
+        elsewhere.machine = Some("another machine".to_owned());
+        let _live = Lock::acquire(&target, elsewhere, &opts(), now())
+            .await
+            .unwrap();
+        let here = opts().local_machine(Some("this machine".to_owned()));
+        let err = Lock::acquire(&target, LockInfo::new("here", 1, now()), &here, now()).await;
+        assert!(matches!(err, Err(Error::Locked { .. })), "{err:?}");
+        // Once it is older than the stale age, it is taken over.
+        let later = now() + TimeDelta::hours(25);
+        let lock = Lock::acquire(&target, LockInfo::new("here", 1, later), &here, later).await;
+        assert!(lock.is_ok(), "{lock:?}");
+    }
+
+    #[test]
+    fn this_process_names_its_machine_and_refreshes_often_enough() {
+        let info = LockInfo::for_this_process(now());
+        assert_eq!(info.machine, this_machine());
+        assert!(info.machine.is_some(), "no /proc on this test machine?");
+        assert_eq!(
+            refresh_interval(TimeDelta::hours(6)),
+            std::time::Duration::from_secs(600)
+        );
+        assert_eq!(
+            refresh_interval(TimeDelta::seconds(2)),
+            std::time::Duration::from_millis(500)
+        );
     }
 
     #[tokio::test]

@@ -301,6 +301,67 @@ async fn a_second_writer_is_refused_with_who_holds_the_lock() {
     assert!(err.to_string().contains("other-host"), "{err}");
 }
 
+/// A job whose lock goes stale after 2 s, uploading at 512 KiB/s in 1 MiB
+/// volumes: a backup of the sample tree (3 MiB of noise) takes about 6 s.
+async fn slow_world_with_a_short_stale_age() -> World {
+    let world = World::new("volume_size = \"1MiB\"\n[job.lock]\nstale_after = \"2s\"").await;
+    world
+        .nas
+        .faults()
+        .update(|f| f.slow_kib_per_sec = Some(512));
+    world
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_longer_than_the_stale_age_keeps_its_lock_fresh() {
+    let world = slow_world_with_a_short_stale_age().await;
+    let first = tokio::spawn({
+        let agent = world.agent();
+        async move { agent.backup("home", cancel()).await }
+    });
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !first.is_finished(),
+        "the first run ended before the second began"
+    );
+    // Started twice the stale age after the first: the lock is still fresh.
+    let err = world.agent().backup("home", cancel()).await.unwrap_err();
+    assert_eq!(err.exit_code(), 7, "{err}");
+    world.nas.faults().clear();
+    let report = first.await.unwrap().unwrap();
+    let listing = world.agent().snapshots("home").await.unwrap();
+    let ids: Vec<String> = listing.snapshots.iter().map(|s| s.id.to_string()).collect();
+    assert_eq!(ids, [report.snapshot], "{listing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_lock_was_taken_over_stops_without_a_manifest() {
+    let world = slow_world_with_a_short_stale_age().await;
+    let first = tokio::spawn({
+        let agent = world.agent();
+        async move { agent.backup("home", cancel()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Another writer found our lock stale and put its own in its place.
+    let other = synback::repo::lock::LockInfo::new("other-host", 4242, chrono::Utc::now());
+    let lock_file = world.job_dir().join(".lock");
+    std::fs::write(&lock_file, serde_json::to_vec(&other).unwrap()).unwrap();
+    let err = first.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("taken over"), "{err}");
+    world.nas.faults().clear();
+    let names = world.remote_names();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.ends_with(".manifest.json") || n.ends_with(".partial")),
+        "{names:?}"
+    );
+    // The other writer's lock is left as it was.
+    let left: synback::repo::lock::LockInfo =
+        serde_json::from_slice(&std::fs::read(&lock_file).unwrap()).unwrap();
+    assert_eq!(left, other);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_snapshots_are_all_listed_and_rotated() {
     let world = World::new("[job.retention]\nkeep_last = 3").await;

@@ -21,7 +21,12 @@
 //! - `keep_within = D` keeps every snapshot taken less than D before the
 //!   *newest snapshot* (not before `now`, as restic does: a job whose
 //!   backups stopped does not lose its history by waiting);
-//! - a snapshot dated after `now` (a writer with a wrong clock) is kept.
+//! - a snapshot dated after `now` (a writer with a wrong clock) is kept,
+//!   and left out of the rules: it is not the newest, takes no place of
+//!   `keep_last` or a period, and `keep_within` counts back from the newest
+//!   snapshot not in the future. Otherwise one snapshot dated 2030 would
+//!   make every real one older than it, and `keep_last = 1` would forget
+//!   each night's snapshot as soon as it was made.
 //!
 //! A policy with no rule (or only zero counts) keeps everything.
 
@@ -157,6 +162,9 @@ pub struct Decision {
 /// Reason given for snapshots no rule keeps.
 pub const FORGET_REASON: &str = "no keep rule matched";
 
+/// Reason given for snapshots dated after `now`, kept outside the rules.
+pub const FUTURE_REASON: &str = "dated in the future (clock skew?)";
+
 /// A calendar period kind used by the bucket rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Period {
@@ -251,8 +259,19 @@ pub fn apply(
 ) -> Vec<Decision> {
     let mut order: Vec<&Candidate> = snapshots.iter().collect();
     order.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
+    let (future, order): (Vec<&Candidate>, Vec<&Candidate>) =
+        order.into_iter().partition(|c| c.time > now);
+    let mut decisions: Vec<Decision> = future
+        .into_iter()
+        .map(|snap| Decision {
+            id: snap.id.clone(),
+            time: snap.time,
+            keep: true,
+            reasons: vec![FUTURE_REASON.to_owned()],
+        })
+        .collect();
     let Some(newest) = order.first().map(|c| c.time) else {
-        return Vec::new();
+        return decisions;
     };
     let keep_all = policy.is_empty();
     let mut buckets = buckets(policy);
@@ -263,7 +282,7 @@ pub fn apply(
         .filter(|d| !d.is_zero())
         .map(|d| TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX));
 
-    let mut decisions = Vec::with_capacity(order.len());
+    decisions.reserve(order.len());
     for (index, snap) in order.into_iter().enumerate() {
         let local = snap.time.with_timezone(&tz);
         let mut reasons = Vec::new();
@@ -282,9 +301,6 @@ pub fn apply(
                 "within {} of the newest",
                 humantime::format_duration(policy.keep_within.unwrap_or_default())
             ));
-        }
-        if snap.time > now {
-            reasons.push("dated in the future (clock skew?)".to_owned());
         }
         let keep = !reasons.is_empty();
         if !keep {

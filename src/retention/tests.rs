@@ -395,6 +395,29 @@ fn future_snapshots_are_kept_and_flagged() {
 }
 
 #[test]
+fn a_future_snapshot_does_not_push_out_the_real_ones() {
+    // One run had its clock years ahead; the real snapshots go on.
+    let times = [
+        "2031-06-01T00:00:00Z",
+        "2029-12-31T00:00:00Z",
+        "2029-12-30T00:00:00Z",
+        "2029-12-20T00:00:00Z",
+    ];
+    let policy = Policy::default().last(1).within(hours(48));
+    let d = apply(&candidates(&times), &policy, at(NOW), UTC);
+    let fate: Vec<(bool, &str)> = d.iter().map(|d| (d.keep, d.reasons[0].as_str())).collect();
+    assert_eq!(
+        fate,
+        [
+            (true, "dated in the future (clock skew?)"),
+            (true, "newest"),
+            (true, "within 2days of the newest"),
+            (false, "no keep rule matched"),
+        ]
+    );
+}
+
+#[test]
 fn huge_within_keeps_everything() {
     let times = ["1970-01-01T00:00:00Z", "2026-01-02T00:00:00Z"];
     let policy = Policy::default().within(Duration::from_secs(u64::MAX));

@@ -39,6 +39,14 @@ pub enum Error {
         #[source]
         source: globset::Error,
     },
+    /// Include patterns were given and no entry of the archive matched.
+    #[error(
+        "no entry of the snapshot matches {patterns}; paths are relative, as `synback ls` shows them (e.g. `home/alice/docs`)"
+    )]
+    NothingSelected {
+        /// The patterns as given.
+        patterns: String,
+    },
     /// Reading or writing a tar entry failed (malformed or truncated tar).
     #[error("tar entry {entry}")]
     Tar {

@@ -118,6 +118,7 @@ pub fn unpack(
     };
     unpack::walk(input, &opts.keys, cancel, |entry| x.entry(entry))?;
     x.finish_dirs()?;
+    x.includes.check_matched()?;
     Ok(x.summary)
 }
 

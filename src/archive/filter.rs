@@ -94,12 +94,20 @@ fn glob(pattern: &str, body: &str) -> Result<Glob> {
 pub(crate) struct Includes {
     /// (patterns with a `/`, patterns without), or None for "everything".
     sets: Option<(GlobSet, GlobSet)>,
+    /// The patterns as given, for [`Includes::check_matched`].
+    patterns: Vec<String>,
+    /// Whether any entry was selected so far.
+    matched: std::cell::Cell<bool>,
 }
 
 impl Includes {
     pub(crate) fn new(patterns: &[String]) -> Result<Self> {
         if patterns.is_empty() {
-            return Ok(Self { sets: None });
+            return Ok(Self {
+                sets: None,
+                patterns: Vec::new(),
+                matched: std::cell::Cell::new(false),
+            });
         }
         let mut paths = GlobSetBuilder::new();
         let mut names = GlobSetBuilder::new();
@@ -120,6 +128,8 @@ impl Includes {
         };
         Ok(Self {
             sets: Some((build(paths)?, build(names)?)),
+            patterns: patterns.to_vec(),
+            matched: std::cell::Cell::new(false),
         })
     }
 
@@ -128,9 +138,26 @@ impl Includes {
         let Some((paths, names)) = &self.sets else {
             return true;
         };
-        path.ancestors()
+        let selected = path
+            .ancestors()
             .filter(|p| !p.as_os_str().is_empty())
-            .any(|p| paths.is_match(p) || p.file_name().is_some_and(|n| names.is_match(n)))
+            .any(|p| paths.is_match(p) || p.file_name().is_some_and(|n| names.is_match(n)));
+        if selected {
+            self.matched.set(true);
+        }
+        selected
+    }
+
+    /// After the whole archive was seen: an error when patterns were given
+    /// and none selected anything, which is a mistyped path far more often
+    /// than a wish to restore nothing.
+    pub(crate) fn check_matched(&self) -> Result<()> {
+        match self.sets.is_some() && !self.matched.get() {
+            true => Err(Error::NothingSelected {
+                patterns: self.patterns.join(" "),
+            }),
+            false => Ok(()),
+        }
     }
 }
 

@@ -112,6 +112,7 @@ pub fn list(
         }
         Ok(())
     })?;
+    includes.check_matched()?;
     Ok(summary)
 }
 

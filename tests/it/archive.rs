@@ -604,6 +604,33 @@ fn includes_select_what_is_restored_and_listed() {
     assert_eq!(listed[0].size, 1);
 }
 
+#[test]
+fn an_include_that_selects_nothing_is_an_error_naming_it() {
+    let tmp = TempDir::new().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("docs")).unwrap();
+    fs::write(src.join("docs/a.txt"), "a").unwrap();
+    let (bytes, _) = pack_to_vec(&opts(&[&src]));
+    let out = tmp.path().join("out");
+    let mut o = UnpackOptions::new(&out);
+    // The path the files had on the source machine, not in the archive.
+    o.include = vec!["/home/alice/docs".into()];
+    let err = archive::unpack(&bytes[..], &o, &never()).unwrap_err();
+    assert!(
+        matches!(err, archive::Error::NothingSelected { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("/home/alice/docs"), "{err}");
+    assert!(err.to_string().contains("synback ls"), "{err}");
+    let mut lo = ListOptions::default();
+    lo.include = vec!["*.pdf".into()];
+    let err = archive::list(&bytes[..], &lo, &never(), &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(err, archive::Error::NothingSelected { .. }),
+        "{err:?}"
+    );
+}
+
 // ---------------------------------------------------------------- encryption
 
 #[test]

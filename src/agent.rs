@@ -23,7 +23,7 @@ use crate::event::{Event, Events, NoEvents, Phase};
 use crate::repo::dsm_target::DsmTarget;
 use crate::repo::layout::{self, JobName};
 use crate::repo::listing::{Listing, SnapshotFiles};
-use crate::repo::lock::LockOptions;
+use crate::repo::lock::{Lock, LockInfo, LockOptions};
 use crate::repo::target::{self, Target};
 use crate::restore::{self, DeepCheck, RestoreOptions, RestoreReport, Selector};
 use crate::retention::Decision;
@@ -345,7 +345,7 @@ pub struct ForgetReport {
     pub decisions: Vec<Decision>,
     /// Snapshots deleted (empty in a dry run).
     pub forgotten: Vec<String>,
-    /// Stale partial uploads removed (empty in a dry run).
+    /// Stale partial uploads and orphans removed (in a dry run: to remove).
     pub cleaned: Vec<String>,
 }
 
@@ -534,11 +534,12 @@ impl Agent {
         result
     }
 
-    /// Applies the retention policy of `job` now; with `dry_run` only
-    /// decides.
+    /// Applies the retention policy of `job` now and removes leftovers
+    /// older than a day; with `dry_run` only decides and lists them.
     ///
     /// # Errors
-    /// Connection and storage errors.
+    /// The job's lock held by a running backup (exit code 7); connection
+    /// and storage errors.
     pub async fn forget(&self, job: &str, dry_run: bool) -> Result<ForgetReport, Error> {
         let job = self.job(job)?;
         let opts = backup_options(job)?;
@@ -827,23 +828,39 @@ async fn quick_check(target: &dyn Target, manifest: &Manifest) -> Result<(), Err
     Ok(())
 }
 
+/// Applies (or, in a dry run, plans) retention and the cleanup of stale
+/// leftovers. Deleting takes the job's lock: a backup deletes what it takes
+/// for leftovers and lists the folder while it writes, and must not meet a
+/// listing shifted under it, nor lose its uploads as "orphans".
 async fn forget_in(
     target: &dyn Target,
     opts: &BackupOptions,
     dry_run: bool,
 ) -> Result<ForgetReport, Error> {
+    let now = Utc::now();
     let (decisions, forgotten, cleaned): RotateOutcome = match dry_run {
         true => {
             let listing = list_folder(target, &opts.job).await?;
-            let decisions = crate::retention::apply(
-                &listing.candidates(),
-                &opts.retention,
-                Utc::now(),
-                opts.timezone,
-            );
-            (decisions, Vec::new(), Vec::new())
+            let decisions =
+                crate::retention::apply(&listing.candidates(), &opts.retention, now, opts.timezone);
+            let cleanup = crate::repo::listing::plan_cleanup(&listing, now);
+            (
+                decisions,
+                Vec::new(),
+                cleanup.into_iter().map(|item| item.name).collect(),
+            )
         }
-        false => backup::rotate(target, opts, Utc::now()).await?,
+        false => {
+            let info = LockInfo::for_this_process(now);
+            let lock = Lock::acquire(target, info, &opts.lock, now)
+                .await
+                .map_err(backup::Error::from)?;
+            let outcome = backup::rotate(target, opts, now).await;
+            if let Err(err) = lock.release(target).await {
+                tracing::warn!(cause = %err, "could not release the lock");
+            }
+            outcome?
+        }
     };
     Ok(ForgetReport {
         decisions,

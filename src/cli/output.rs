@@ -300,8 +300,9 @@ pub fn print_forget(printer: &Printer, job: &str, report: &ForgetReport, dry_run
     if report.decisions.is_empty() {
         println!("  (no snapshots)");
     }
+    let verb = if dry_run { "would remove" } else { "removed" };
     for name in &report.cleaned {
-        println!("  removed stale partial {name}");
+        println!("  {verb} stale leftover {name}");
     }
 }
 

@@ -267,7 +267,13 @@ impl Lock {
                 // the retry found the file: it is ours.
                 Found::Held(holder) if holder.token == info.token => return Ok(Lock::held(info)),
                 Found::Held(holder) => match opts.stale_reason(&holder, now) {
-                    Some(reason) => take_over(target, &holder.to_string(), &reason).await?,
+                    // Deleted only while it is still the lock judged stale:
+                    // another writer may have taken it over meanwhile and
+                    // written its own, which must not be deleted too.
+                    Some(reason) if still_held_by(target, &holder).await? => {
+                        take_over(target, &holder.to_string(), &reason).await?;
+                    }
+                    Some(_) => {}
                     None => {
                         return Err(Error::Locked {
                             holder: Box::new(holder),
@@ -395,6 +401,11 @@ async fn confirm(target: &dyn Target, info: LockInfo) -> Result<Lock, Error> {
         Err(Error::Lost { holder }) => Err(Error::Locked { holder }),
         Err(err) => Err(err),
     }
+}
+
+/// Whether the lock file still names `holder` (same token).
+async fn still_held_by(target: &dyn Target, holder: &LockInfo) -> Result<bool, Error> {
+    Ok(matches!(read(target).await?, Found::Held(now) if now.token == holder.token))
 }
 
 async fn take_over(target: &dyn Target, holder: &str, reason: &str) -> Result<(), Error> {

@@ -363,6 +363,39 @@ async fn a_run_whose_lock_was_taken_over_stops_without_a_manifest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_lists_its_cleanup_when_dry_and_keeps_out_of_a_running_backup() {
+    let world = World::new("[job.retention]\nkeep_last = 1").await;
+    let agent = world.agent();
+    agent.backup("home", cancel()).await.unwrap();
+    // An upload a run killed two days ago left behind.
+    let name = "home-20250101T000000Z.tar.zst.partial";
+    let partial = world.job_dir().join(name);
+    std::fs::write(&partial, b"half").unwrap();
+    let two_days_ago = chrono::Utc::now().timestamp() - 2 * 86_400;
+    filetime::set_file_mtime(
+        &partial,
+        filetime::FileTime::from_unix_time(two_days_ago, 0),
+    )
+    .unwrap();
+    let plan = agent.forget("home", true).await.unwrap();
+    assert_eq!(plan.cleaned, [name]);
+    assert!(partial.exists(), "a dry run deleted");
+    // Another machine's backup is running: forget deletes nothing.
+    let lock_file = world.job_dir().join(".lock");
+    let other = synback::repo::lock::LockInfo::new("other-host", 4242, chrono::Utc::now());
+    std::fs::write(&lock_file, serde_json::to_vec(&other).unwrap()).unwrap();
+    let err = agent.forget("home", false).await.unwrap_err();
+    assert_eq!(err.exit_code(), 7, "{err}");
+    assert!(err.to_string().contains("other-host"), "{err}");
+    assert!(partial.exists());
+    std::fs::remove_file(&lock_file).unwrap();
+    let done = agent.forget("home", false).await.unwrap();
+    assert_eq!(done.cleaned, [name]);
+    assert!(!partial.exists());
+    assert!(!world.remote_names().iter().any(|n| n == ".lock"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_snapshots_are_all_listed_and_rotated() {
     let world = World::new("[job.retention]\nkeep_last = 3").await;
     let agent = world.agent();

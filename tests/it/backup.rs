@@ -396,6 +396,36 @@ async fn forget_lists_its_cleanup_when_dry_and_keeps_out_of_a_running_backup() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quick_verify_needs_no_key_and_a_deep_one_names_the_missing_key() {
+    use age::secrecy::ExposeSecret;
+    let tmp = tempfile::tempdir().unwrap();
+    let id = age::x25519::Identity::generate();
+    let key = tmp.path().join("key.txt");
+    std::fs::write(&key, format!("{}\n", id.to_string().expose_secret())).unwrap();
+    let world = World::new(&format!(
+        "[job.encryption]\nrecipients = [\"{}\"]\nidentity_file = \"{}\"",
+        id.to_public(),
+        key.display()
+    ))
+    .await;
+    let agent = world.agent();
+    let report = agent.backup("home", cancel()).await.unwrap();
+    // The key is kept off this machine now.
+    std::fs::remove_file(&key).unwrap();
+    let latest = Selector::Id(report.snapshot.clone());
+    let quick = agent
+        .verify("home", &latest, VerifyMode::Quick, cancel())
+        .await
+        .unwrap();
+    assert_eq!(quick.snapshot, report.snapshot);
+    let err = agent
+        .verify("home", &latest, VerifyMode::Deep, cancel())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("key.txt"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_snapshots_are_all_listed_and_rotated() {
     let world = World::new("[job.retention]\nkeep_last = 3").await;
     let agent = world.agent();

@@ -10,7 +10,7 @@
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -97,7 +97,8 @@ pub struct UnpackSummary {
 /// [`Error::UnsafePath`] for an entry that would escape the target (nothing
 /// is written for it or after it), decryption and decompression errors as
 /// for [`list`](super::list), [`Error::Io`] for local write failures,
-/// [`Error::Cancelled`]. Files completed before an error stay in place.
+/// [`Error::Cancelled`]. Files completed before an error stay in place,
+/// and the directories made get their archived modes and times.
 pub fn unpack(
     input: impl Read + Send,
     opts: &UnpackOptions,
@@ -116,8 +117,12 @@ pub fn unpack(
         checked_parent: None,
         buf: vec![0; WRITE_BUF],
     };
-    unpack::walk(input, &opts.keys, cancel, |entry| x.entry(entry))?;
-    x.finish_dirs()?;
+    let walked = unpack::walk(input, &opts.keys, cancel, |entry| x.entry(entry));
+    // Also after an error: the directories made so far get their archived
+    // modes and times instead of staying private (see `dir`).
+    let finished = x.finish_dirs();
+    walked?;
+    finished?;
     x.includes.check_matched()?;
     Ok(x.summary)
 }
@@ -258,7 +263,12 @@ impl Extractor<'_> {
                 return Ok(());
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir(&dest).map_err(|e| Error::io("create directory", &dest, e))?;
+                // Private until its own mode is set at the end: an archived
+                // `.ssh` must not be listable by others while it fills.
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&dest)
+                    .map_err(|e| Error::io("create directory", &dest, e))?;
             }
             Err(e) => return Err(Error::io("inspect", &dest, e)),
         }

@@ -859,6 +859,30 @@ fn assert_unsafe(err: Error, reason_part: &str) {
 use tar::EntryType as T;
 
 #[test]
+fn directories_get_their_modes_even_when_a_later_entry_fails() {
+    let mut tar = Vec::new();
+    let mut h = tar::Header::new_gnu();
+    h.set_path("shared/").unwrap();
+    h.set_entry_type(T::Directory);
+    h.set_mode(0o750);
+    h.set_mtime(1_600_000_000);
+    h.set_size(0);
+    h.set_cksum();
+    tar.extend_from_slice(h.as_bytes());
+    raw_entry(&mut tar, T::Regular, b"../outside/evil", b"", b"pwned");
+    tar.extend_from_slice(&[0; 1024]);
+    let bytes = zstd::encode_all(&tar[..], 3).unwrap();
+    let tmp = TempDir::new().unwrap();
+    let target = tmp.path().join("target");
+    let err = archive::unpack(&bytes[..], &UnpackOptions::new(&target), &never()).unwrap_err();
+    assert_unsafe(err, "..");
+    // Made private (0700) while it filled, then given its archived mode.
+    let meta = fs::metadata(target.join("shared")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o750);
+    assert_eq!(meta.mtime(), 1_600_000_000);
+}
+
+#[test]
 fn traversal_is_refused() {
     let err = unpack_hostile(&hostile(&[(T::Regular, "../outside/evil", "")]), |_| {});
     assert_unsafe(err, "..");

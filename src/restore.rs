@@ -243,6 +243,7 @@ pub async fn restore(
     events.event(Event::Phase(Phase::Restoring));
     let manifest = manifest(target.as_ref(), snapshot).await?;
     check_volumes_present(snapshot, &manifest)?;
+    check_keys(&manifest, &opts.keys)?;
     // An async channel: the feeder must never block a runtime thread on a
     // full channel, as that can keep the extractor (polled in the same
     // `join!`) from ever starting.
@@ -287,6 +288,7 @@ pub async fn restore_from_files(
 ) -> Result<RestoreReport, Error> {
     let started = Instant::now();
     if let Some(manifest) = manifest {
+        check_keys(manifest, &opts.keys)?;
         for (path, volume) in files.iter().zip(&manifest.volumes) {
             let digest = sha256_file(path.clone()).await?;
             check_digest(&volume.name, volume, digest)?;
@@ -332,6 +334,7 @@ pub async fn read_all(
 ) -> Result<DeepCheck, Error> {
     let manifest = manifest(target.as_ref(), snapshot).await?;
     check_volumes_present(snapshot, &manifest)?;
+    check_keys(&manifest, keys)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(4);
     let volumes = manifest.volumes.clone();
     let pump_target = Arc::clone(&target);
@@ -368,6 +371,19 @@ pub async fn read_all(
         bytes: summary.bytes,
         downloaded,
     })
+}
+
+/// Fails at once when `keys` cannot open the snapshot (see
+/// [`archive::check_keys_match`]), before any volume is downloaded.
+///
+/// # Errors
+/// [`Error::Archive`] with [`archive::Error::WrongKey`].
+pub fn check_keys(manifest: &Manifest, keys: &[DecryptKey]) -> Result<(), Error> {
+    let recipients = manifest
+        .encryption
+        .as_ref()
+        .map_or(&[][..], |e| e.recipients.as_slice());
+    Ok(archive::check_keys_match(keys, recipients)?)
 }
 
 /// Checks that every volume of the manifest is listed with its recorded size.

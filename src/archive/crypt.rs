@@ -107,6 +107,57 @@ impl Write for Out<'_> {
     }
 }
 
+/// Fails with [`Error::WrongKey`] when `keys` are age identities none of
+/// which belongs to `recipients` (the manifest's), so that a wrong key is
+/// told at once instead of after the first volumes were downloaded. Says
+/// nothing when it cannot tell: no recipients, a passphrase, or plugin
+/// identities (only the plugin knows their recipient).
+///
+/// # Errors
+/// [`Error::WrongKey`]; [`Error::Identity`] for an identity file that
+/// cannot be read.
+pub fn check_keys_match(keys: &[DecryptKey], recipients: &[String]) -> Result<()> {
+    if keys.is_empty() || recipients.is_empty() {
+        return Ok(());
+    }
+    let mut ours = Vec::new();
+    for key in keys {
+        let file = match key {
+            DecryptKey::IdentityFile(path) => age::IdentityFile::from_file(
+                path.to_string_lossy().into_owned(),
+            )
+            .map_err(|source| Error::Identity {
+                path: path.clone(),
+                source,
+            })?,
+            DecryptKey::Identities(text) => {
+                age::IdentityFile::from_buffer(text.expose().as_bytes()).map_err(|source| {
+                    Error::Identity {
+                        path: PathBuf::from("<identities>"),
+                        source,
+                    }
+                })?
+            }
+            DecryptKey::Passphrase(_) => return Ok(()),
+        };
+        let mut public = Vec::new();
+        if file.write_recipients_file(&mut public).is_err() {
+            return Ok(());
+        }
+        ours.extend(String::from_utf8_lossy(&public).lines().map(str::to_owned));
+    }
+    match ours
+        .iter()
+        .any(|key| recipients.iter().any(|r| r.trim() == key))
+    {
+        true => Ok(()),
+        false => Err(Error::WrongKey {
+            keys: ours.join(", "),
+            recipients: recipients.join(", "),
+        }),
+    }
+}
+
 type Identities = Vec<Box<dyn age::Identity + Send + Sync>>;
 
 /// Read buffer in front of the age parser.

@@ -106,6 +106,17 @@ pub enum Error {
     /// The archive is age-encrypted and no identity or passphrase was given.
     #[error("the archive is encrypted with age: an identity file or passphrase is needed")]
     NeedIdentity,
+    /// The identities given open none of the recipients the archive was
+    /// encrypted to (found before anything is downloaded).
+    #[error(
+        "the given identities ({keys}) cannot open this snapshot: it was encrypted to {recipients}; pass the identity file of one of those (--identity FILE)"
+    )]
+    WrongKey {
+        /// The public keys of the identities given.
+        keys: String,
+        /// The public keys the archive was encrypted to.
+        recipients: String,
+    },
     /// The input is neither a zstd stream nor an age file.
     #[error("input is not a synback archive (no zstd or age header)")]
     UnknownFormat,

@@ -80,7 +80,7 @@ mod unpack;
 mod volume;
 
 pub use channel::{ChannelReader, ChannelSink, VolumeEvent};
-pub use crypt::{DecryptKey, parse_recipient};
+pub use crypt::{DecryptKey, check_keys_match, parse_recipient};
 pub use error::{Error, Result};
 pub use extract::{Skipped, UnpackOptions, UnpackSummary, unpack};
 pub use manifest::{

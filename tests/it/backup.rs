@@ -396,7 +396,7 @@ async fn forget_lists_its_cleanup_when_dry_and_keeps_out_of_a_running_backup() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_quick_verify_needs_no_key_and_a_deep_one_names_the_missing_key() {
+async fn keys_are_needed_only_to_read_and_a_wrong_one_is_told_at_once() {
     use age::secrecy::ExposeSecret;
     let tmp = tempfile::tempdir().unwrap();
     let id = age::x25519::Identity::generate();
@@ -423,6 +423,25 @@ async fn a_quick_verify_needs_no_key_and_a_deep_one_names_the_missing_key() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("key.txt"), "{err}");
+
+    // Someone else's key: refused before a byte of the archive is fetched.
+    let wrong = tmp.path().join("wrong.txt");
+    let other = age::x25519::Identity::generate();
+    std::fs::write(&wrong, format!("{}\n", other.to_string().expose_secret())).unwrap();
+    world.nas.faults().clear();
+    let mut opts = synback::restore::RestoreOptions::default();
+    opts.target_dir = world.restore_dir("out");
+    let err = agent
+        .restore("home", &latest, opts, Some(wrong), cancel())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("cannot open this snapshot"), "{text}");
+    assert!(text.contains(&id.to_public().to_string()), "{text}");
+    assert!(!text.contains("AGE-SECRET-KEY"), "{text}");
+    // The manifest (a few KiB) was read; none of the 3 MiB archive was.
+    let fetched = world.nas.faults().downloaded_bytes();
+    assert!(fetched < 64 * 1024, "{fetched} bytes downloaded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -190,6 +190,17 @@ pub enum Error {
         /// How many uploads were tried.
         attempts: u32,
     },
+    /// A verified volume was no longer stored whole when the manifest was
+    /// to be written (another writer removed it).
+    #[error(
+        "volume {name} is no longer on the NAS with its {size} bytes after it was verified; no snapshot was recorded (did another synback take the job's lock over?)"
+    )]
+    VolumeGone {
+        /// The volume's final name.
+        name: String,
+        /// The size it had when verified.
+        size: u64,
+    },
     /// Too many volumes for the naming scheme.
     #[error("the archive needs more volumes than the layout allows: {source}")]
     Layout {
@@ -238,7 +249,9 @@ impl Error {
 /// # Errors
 /// See [`Error`]. On any error after the lock was taken, this run's
 /// partial uploads are deleted (best effort) and the lock released; no
-/// manifest is written, so no half snapshot is ever listed.
+/// manifest is written, so no half snapshot is ever listed. The lock is
+/// refreshed while the run goes on; if another writer takes it over all
+/// the same, the run stops with [`Error::Lock`] ([`lock::Error::Lost`]).
 ///
 /// # Cancel safety
 /// Cancel through `cancel`, not by dropping the future: cancellation stops
@@ -321,7 +334,8 @@ impl LockKeeper<'_> {
     /// longer than the stale age is not taken for a dead one (whose
     /// uploads the next run would delete). If another writer took the lock
     /// over all the same, cancels `work` through `cancel`, lets it clean up,
-    /// and fails with [`lock::Error::Lost`].
+    /// and fails with why, unless `work` had already committed its snapshot
+    /// (a stored snapshot is never turned into a failed run).
     async fn hold_while<T>(
         &self,
         work: impl Future<Output = Result<T, Error>>,
@@ -331,11 +345,10 @@ impl LockKeeper<'_> {
         tokio::select! {
             result = &mut work => result,
             lost = self.refresh_until_lost() => {
-                warn!(cause = %lost, "stopping: another writer took the lock over");
+                warn!(cause = %lost, "stopping: the lock is no longer ours");
                 cancel.cancel();
                 // Its error (cancelled) gives way to the reason.
-                let _ = work.await;
-                Err(Error::Lock { source: lost })
+                work.await.map_err(|_| Error::Lock { source: lost })
             }
         }
     }
@@ -354,11 +367,52 @@ impl LockKeeper<'_> {
                 .await
             {
                 Ok(()) => debug!("lock refreshed"),
-                Err(lost @ lock::Error::Lost { .. }) => return lost,
+                Err(lost @ (lock::Error::Lost { .. } | lock::Error::Gone)) => return lost,
                 Err(err) => warn!(cause = %err, "could not refresh the lock; trying again later"),
             }
         }
     }
+}
+
+/// Proves, before the manifest is written, that the lock is still ours and
+/// every volume is still stored, whole, under its name. A writer that took
+/// the lock over (it looked abandoned, e.g. through a long NAS outage)
+/// deletes what it takes for leftovers: a manifest must never name volumes
+/// it may have removed. Retryable failures of the lock's refresh are tried
+/// again like an upload: one dropped request must not throw away a
+/// finished upload.
+async fn check_before_commit(
+    target: &dyn Target,
+    lock: &tokio::sync::Mutex<Lock>,
+    volumes: &[StoredVolume],
+    opts: &BackupOptions,
+) -> Result<(), Error> {
+    let attempts = opts.volume_attempts.max(1);
+    let mut delay = opts.retry_delay;
+    for attempt in 1.. {
+        match lock.lock().await.refresh(target, Utc::now()).await {
+            Ok(()) => break,
+            Err(lock::Error::Target { source }) if source.is_retryable() && attempt < attempts => {
+                warn!(cause = %source, attempt, "could not confirm the lock before the commit; trying again");
+                tokio::time::sleep(delay).await;
+                delay = delay.saturating_mul(2);
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    let entries = target.list().await?;
+    for volume in volumes {
+        let stored = entries
+            .iter()
+            .any(|e| !e.is_dir && e.name == volume.name && e.size == volume.info.size);
+        if !stored {
+            return Err(Error::VolumeGone {
+                name: volume.name.clone(),
+                size: volume.info.size,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Packs, uploads and verifies every volume, then, once the lock proved
@@ -398,13 +452,7 @@ async fn transfer_and_commit(
     };
 
     events.event(Event::Phase(Phase::Committing));
-    // A writer that took the lock over (it looked abandoned) deletes what
-    // it takes for leftovers: a manifest must not name volumes it may
-    // have removed.
-    lock.lock()
-        .await
-        .refresh(target.as_ref(), Utc::now())
-        .await?;
+    check_before_commit(target.as_ref(), lock, &volumes, opts).await?;
     let meta = SnapshotMeta::new(
         id.to_string(),
         opts.job.as_str(),

@@ -148,8 +148,12 @@ pub fn check_keys_match(keys: &[DecryptKey], recipients: &[String]) -> Result<()
     }
     match ours
         .iter()
-        .any(|key| recipients.iter().any(|r| r.trim() == key))
-    {
+        // Bech32 ignores case, and a config may hold `AGE1...`.
+        .any(|key| {
+            recipients
+                .iter()
+                .any(|r| r.trim().eq_ignore_ascii_case(key))
+        }) {
         true => Ok(()),
         false => Err(Error::WrongKey {
             keys: ours.join(", "),

@@ -195,6 +195,10 @@ pub enum Error {
         /// Who holds it now.
         holder: Box<LockInfo>,
     },
+    /// Our lock file was deleted while we held it (by hand, or by a
+    /// writer that took it over and has finished since).
+    #[error("our lock file was removed while we held it")]
+    Gone,
     /// The lock file could not be written, read or deleted.
     #[error("lock file: {source}")]
     Target {
@@ -256,6 +260,9 @@ impl Lock {
                         target.delete_if_exists(LOCK_NAME).await?;
                         continue;
                     }
+                    // Deleted right after we made it (a writer taking
+                    // over a lock it read before ours): try again.
+                    Err(Error::Gone) => continue,
                     other => return other,
                 },
                 Err(target::Error::AlreadyExists { .. }) => {}
@@ -340,7 +347,8 @@ impl Lock {
     ///
     /// # Errors
     /// [`Error::Lost`] when the file is no longer ours (it is left alone),
-    /// [`Error::Target`] when the target fails.
+    /// [`Error::Gone`] when it was deleted, [`Error::Target`] when the
+    /// target fails.
     ///
     /// # Cancel safety
     /// Dropping the future may leave the old or the new content; both are
@@ -351,7 +359,9 @@ impl Lock {
         info.refreshed = Some(now);
         target.put_bytes(LOCK_NAME, encode(&info)?).await?;
         self.info = info;
-        Ok(())
+        // Another writer may have replaced the file between our read and
+        // our write; reading it back catches it replacing ours after.
+        self.check_ours(target).await
     }
 
     /// Deletes the lock file if it is still ours.
@@ -372,7 +382,7 @@ impl Lock {
                 target.delete_if_exists(LOCK_NAME).await?;
                 Ok(())
             }
-            Err(Error::Target { source }) if source.is_not_found() => {
+            Err(Error::Gone) => {
                 tracing::warn!(target = %target, "lock file vanished before release");
                 Ok(())
             }
@@ -381,7 +391,11 @@ impl Lock {
     }
 
     async fn check_ours(&self, target: &dyn Target) -> Result<(), Error> {
-        let data = target.get_bytes(LOCK_NAME, MAX_LOCK_BYTES).await?;
+        let data = match target.get_bytes(LOCK_NAME, MAX_LOCK_BYTES).await {
+            Ok(data) => data,
+            Err(err) if err.is_not_found() => return Err(Error::Gone),
+            Err(err) => return Err(err.into()),
+        };
         match serde_json::from_slice::<LockInfo>(&data) {
             Ok(found) if found.token == self.info.token => Ok(()),
             Ok(found) => Err(Error::Lost {

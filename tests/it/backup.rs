@@ -303,27 +303,28 @@ async fn a_second_writer_is_refused_with_who_holds_the_lock() {
 
 /// A job whose lock goes stale after 2 s, uploading at 512 KiB/s in 1 MiB
 /// volumes: a backup of the sample tree (3 MiB of noise) takes about 6 s.
-async fn slow_world_with_a_short_stale_age() -> World {
+/// Returns the world and that backup, started and left running for `after`.
+async fn slow_backup_with_a_short_stale_age(
+    after: Duration,
+) -> (
+    World,
+    tokio::task::JoinHandle<Result<synback::backup::BackupReport, synback::agent::Error>>,
+) {
     let world = World::new("volume_size = \"1MiB\"\n[job.lock]\nstale_after = \"2s\"").await;
     world
         .nas
         .faults()
         .update(|f| f.slow_kib_per_sec = Some(512));
-    world
+    let agent = world.agent();
+    let run = tokio::spawn(async move { agent.backup("home", cancel()).await });
+    tokio::time::sleep(after).await;
+    assert!(!run.is_finished(), "the backup ended within {after:?}");
+    (world, run)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_longer_than_the_stale_age_keeps_its_lock_fresh() {
-    let world = slow_world_with_a_short_stale_age().await;
-    let first = tokio::spawn({
-        let agent = world.agent();
-        async move { agent.backup("home", cancel()).await }
-    });
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(
-        !first.is_finished(),
-        "the first run ended before the second began"
-    );
+    let (world, first) = slow_backup_with_a_short_stale_age(Duration::from_secs(4)).await;
     // Started twice the stale age after the first: the lock is still fresh.
     let err = world.agent().backup("home", cancel()).await.unwrap_err();
     assert_eq!(err.exit_code(), 7, "{err}");
@@ -336,12 +337,7 @@ async fn a_run_longer_than_the_stale_age_keeps_its_lock_fresh() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_whose_lock_was_taken_over_stops_without_a_manifest() {
-    let world = slow_world_with_a_short_stale_age().await;
-    let first = tokio::spawn({
-        let agent = world.agent();
-        async move { agent.backup("home", cancel()).await }
-    });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (world, first) = slow_backup_with_a_short_stale_age(Duration::from_millis(1500)).await;
     // Another writer found our lock stale and put its own in its place.
     let other = synback::repo::lock::LockInfo::new("other-host", 4242, chrono::Utc::now());
     let lock_file = world.job_dir().join(".lock");
@@ -360,6 +356,32 @@ async fn a_run_whose_lock_was_taken_over_stops_without_a_manifest() {
     let left: synback::repo::lock::LockInfo =
         serde_json::from_slice(&std::fs::read(&lock_file).unwrap()).unwrap();
     assert_eq!(left, other);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_gone_before_the_commit_stops_the_run_without_a_manifest() {
+    let (world, run) = slow_backup_with_a_short_stale_age(Duration::from_millis(200)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        let names = world.remote_names();
+        if let Some(name) = names.iter().find(|n| n.ends_with(".tar.zst.001")) {
+            break name.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no volume stored: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Verified and renamed, then removed (by a writer that took over).
+    std::fs::remove_file(world.job_dir().join(&first)).unwrap();
+    let err = run.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("no longer on the NAS"), "{err}");
+    let names = world.remote_names();
+    assert!(
+        !names.iter().any(|n| n.ends_with(".manifest.json")),
+        "{names:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,6 +39,11 @@ pub struct LockInfo {
     /// containers, may share a host name and even a pid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine: Option<String>,
+    /// Which boot of the machine the writer ran in, and which machine (a
+    /// digest of `/etc/machine-id`, which outlives reboots): a lock of this
+    /// machine from an earlier boot was left by a writer that is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootId>,
     /// When the lock was taken.
     pub started: DateTime<Utc>,
     /// When the holder last confirmed it is alive ([`Lock::refresh`]).
@@ -58,6 +63,7 @@ impl LockInfo {
             host: host.into(),
             pid,
             machine: None,
+            boot: None,
             started,
             refreshed: None,
             snapshot: None,
@@ -70,6 +76,7 @@ impl LockInfo {
     pub fn for_this_process(started: DateTime<Utc>) -> Self {
         let mut info = Self::new(local_hostname(), std::process::id(), started);
         info.machine = this_machine();
+        info.boot = this_boot();
         info
     }
 
@@ -115,6 +122,18 @@ pub struct LockOptions {
     /// for a lock that names the same one, since a pid means nothing on
     /// another machine that happens to share the host name.
     pub local_machine: Option<String>,
+    /// This machine's [`LockInfo::boot`]: a lock of the same machine from
+    /// another boot is stale at once.
+    pub local_boot: Option<BootId>,
+}
+
+/// A machine and one boot of it, as digests (see [`LockInfo::boot`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootId {
+    /// Digest of `/etc/machine-id`.
+    pub machine: String,
+    /// Digest of the kernel's boot id.
+    pub boot: String,
 }
 
 impl Default for LockOptions {
@@ -124,6 +143,7 @@ impl Default for LockOptions {
             stale_after: TimeDelta::hours(24),
             local_host: Some(local_hostname()),
             local_machine: this_machine(),
+            local_boot: this_boot(),
         }
     }
 }
@@ -150,14 +170,26 @@ impl LockOptions {
         self
     }
 
+    /// Sets [`LockOptions::local_boot`].
+    #[must_use]
+    pub fn local_boot(mut self, boot: Option<BootId>) -> Self {
+        self.local_boot = boot;
+        self
+    }
+
     /// Why `holder` may be taken over at `now`, if it may.
     fn stale_reason(&self, holder: &LockInfo, now: DateTime<Utc>) -> Option<String> {
         let age = now - holder.last_seen();
         if age >= self.stale_after {
             return Some(format!("not refreshed for {}h", age.num_hours()));
         }
-        let local = self.local_host.as_deref() == Some(holder.host.as_str())
-            && holder.machine == self.local_machine;
+        let same_host = self.local_host.as_deref() == Some(holder.host.as_str());
+        if let (true, Some(theirs), Some(ours)) = (same_host, &holder.boot, &self.local_boot) {
+            if theirs.machine == ours.machine && theirs.boot != ours.boot {
+                return Some("this machine has restarted since".to_owned());
+            }
+        }
+        let local = same_host && holder.machine == self.local_machine;
         if local && holder.pid != std::process::id() && !process_alive(holder.pid) {
             return Some(format!("process {} is gone from this host", holder.pid));
         }
@@ -538,6 +570,28 @@ pub fn this_machine() -> Option<String> {
         .clone()
 }
 
+/// This machine and boot, for [`LockInfo::boot`]; `None` without a
+/// machine id or a boot id.
+pub fn this_boot() -> Option<BootId> {
+    use sha2::{Digest, Sha256};
+    static BOOT: std::sync::OnceLock<Option<BootId>> = std::sync::OnceLock::new();
+    let digest = |what: &[u8], text: &str| {
+        let mut d = Sha256::new();
+        d.update(what);
+        d.update(text.trim().as_bytes());
+        hex::encode(&d.finalize()[..8])
+    };
+    BOOT.get_or_init(|| {
+        let machine = std::fs::read_to_string("/etc/machine-id").ok()?;
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        (!machine.trim().is_empty()).then(|| BootId {
+            machine: digest(b"synback machine\0", &machine),
+            boot: digest(b"synback boot\0", &boot),
+        })
+    })
+    .clone()
+}
+
 /// This machine's host name, from the kernel; `unknown` when unavailable.
 pub fn local_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -571,6 +625,7 @@ mod tests {
         LockOptions::default()
             .local_host(Some("here".to_owned()))
             .local_machine(None)
+            .local_boot(None)
     }
 
     #[tokio::test]
@@ -644,6 +699,37 @@ mod tests {
         // Once it is older than the stale age, it is taken over.
         let later = now() + TimeDelta::hours(25);
         let lock = Lock::acquire(&target, LockInfo::new("here", 1, later), &here, later).await;
+        assert!(lock.is_ok(), "{lock:?}");
+    }
+
+    #[tokio::test]
+    async fn a_lock_of_this_machine_from_an_earlier_boot_is_stale_at_once() {
+        let target = MemoryTarget::with_folder();
+        let boot = |b: &str| BootId {
+            machine: "m1".to_owned(),
+            boot: b.to_owned(),
+        };
+        let mut before = LockInfo::new("here", 4242, now());
+        before.boot = Some(boot("b1"));
+        let _dead = Lock::acquire(&target, before, &opts(), now())
+            .await
+            .unwrap();
+        // Same boot (the pid may be anyone's): refused.
+        let same = opts()
+            .local_machine(Some("ns".to_owned()))
+            .local_boot(Some(boot("b1")));
+        let err = Lock::acquire(&target, LockInfo::new("here", 1, now()), &same, now()).await;
+        assert!(matches!(err, Err(Error::Locked { .. })), "{err:?}");
+        // Another machine with our host name and a boot of its own: refused.
+        let other = same.clone().local_boot(Some(BootId {
+            machine: "m2".to_owned(),
+            boot: "b2".to_owned(),
+        }));
+        let err = Lock::acquire(&target, LockInfo::new("here", 1, now()), &other, now()).await;
+        assert!(matches!(err, Err(Error::Locked { .. })), "{err:?}");
+        // This machine, rebooted since: taken over at once.
+        let rebooted = same.local_boot(Some(boot("b2")));
+        let lock = Lock::acquire(&target, LockInfo::new("here", 1, now()), &rebooted, now()).await;
         assert!(lock.is_ok(), "{lock:?}");
     }
 

@@ -184,10 +184,11 @@ impl LockOptions {
             return Some(format!("not refreshed for {}h", age.num_hours()));
         }
         let same_host = self.local_host.as_deref() == Some(holder.host.as_str());
-        if let (true, Some(theirs), Some(ours)) = (same_host, &holder.boot, &self.local_boot) {
-            if theirs.machine == ours.machine && theirs.boot != ours.boot {
-                return Some("this machine has restarted since".to_owned());
-            }
+        if let (true, Some(theirs), Some(ours)) = (same_host, &holder.boot, &self.local_boot)
+            && theirs.machine == ours.machine
+            && theirs.boot != ours.boot
+        {
+            return Some("this machine has restarted since".to_owned());
         }
         let local = same_host && holder.machine == self.local_machine;
         if local && holder.pid != std::process::id() && !process_alive(holder.pid) {

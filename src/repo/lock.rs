@@ -390,10 +390,22 @@ impl Lock {
         self.check_ours(target).await?;
         let mut info = self.info.clone();
         info.refreshed = Some(now);
-        target.put_bytes(LOCK_NAME, encode(&info)?).await?;
+        let body = encode(&info)?;
         self.info = info;
-        // Another writer may have replaced the file between our read and
-        // our write; reading it back catches it replacing ours after.
+        for _ in 1..ATTEMPTS {
+            target.put_bytes(LOCK_NAME, body.clone()).await?;
+            // Another writer may have replaced the file between our read
+            // and our write; reading it back catches one replacing ours.
+            match self.check_ours(target).await {
+                // Our bytes came back damaged (a storage fault): the file
+                // is ours, and a garbled lock would stop every later run.
+                Err(Error::Unreadable { .. }) => {
+                    tracing::warn!(target = %target, "the lock we refreshed reads back damaged; writing it again");
+                }
+                other => return other,
+            }
+        }
+        target.put_bytes(LOCK_NAME, body).await?;
         self.check_ours(target).await
     }
 

@@ -222,7 +222,7 @@ impl Error {
             && a.is_external_symlink()
         {
             return Some(
-                        "the snapshot holds absolute symlinks; restore with --allow-external-symlinks to recreate them as links".to_owned(),
+                        "the snapshot holds absolute symlinks; restore with --allow-external-symlinks to recreate them as links (add --overwrite to restore again into the folder this run began to fill)".to_owned(),
                     );
         }
         if let Some(advice) = find_target(self).and_then(storage_advice) {

@@ -448,21 +448,31 @@ impl Extractor<'_> {
         Ok(())
     }
 
-    /// Sets directory modes and mtimes, deepest first, once all children exist.
+    /// Sets directory modes and mtimes, deepest first, once all children
+    /// exist. One that fails does not stop the others (each is logged);
+    /// the first failure is returned.
     fn finish_dirs(&mut self) -> Result<()> {
+        let mut first = None;
         for dir in self.dirs.iter().rev() {
-            let path = &dir.path;
-            if self.owner {
-                std::os::unix::fs::lchown(path, dir.owner.0, dir.owner.1)
-                    .map_err(|e| Error::io("set owner of", path, e))?;
+            if let Err(err) = self.finish_dir(dir) {
+                tracing::warn!(cause = %err, "directory attributes not restored");
+                first.get_or_insert(err);
             }
-            fs::set_permissions(path, Permissions::from_mode(dir.mode))
-                .map_err(|e| Error::io("set mode of", path, e))?;
-            let mtime = FileTime::from_unix_time(dir.mtime, 0);
-            filetime::set_symlink_file_times(path, mtime, mtime)
-                .map_err(|e| Error::io("set mtime of", path, e))?;
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
+    }
+
+    fn finish_dir(&self, dir: &DirAttrs) -> Result<()> {
+        let path = &dir.path;
+        if self.owner {
+            std::os::unix::fs::lchown(path, dir.owner.0, dir.owner.1)
+                .map_err(|e| Error::io("set owner of", path, e))?;
+        }
+        fs::set_permissions(path, Permissions::from_mode(dir.mode))
+            .map_err(|e| Error::io("set mode of", path, e))?;
+        let mtime = FileTime::from_unix_time(dir.mtime, 0);
+        filetime::set_symlink_file_times(path, mtime, mtime)
+            .map_err(|e| Error::io("set mtime of", path, e))
     }
 }
 

@@ -567,18 +567,17 @@ pub fn forget_held(info: &LockInfo) {
 /// for [`LockInfo::machine`]; `None` without `/proc`. A digest rather than
 /// the values: the lock file is readable by anyone with the share.
 pub fn this_machine() -> Option<String> {
-    use sha2::{Digest, Sha256};
     static MACHINE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     MACHINE
         .get_or_init(|| {
-            let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+            let boot = read_trimmed("/proc/sys/kernel/random/boot_id")?;
             let pid_ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
-            let mut digest = Sha256::new();
-            digest.update(b"synback lock machine\0");
-            digest.update(boot.trim().as_bytes());
-            digest.update(b"\0");
-            digest.update(pid_ns.as_os_str().as_encoded_bytes());
-            Some(hex::encode(&digest.finalize()[..8]))
+            Some(short_digest(&[
+                b"synback lock machine\0",
+                boot.as_bytes(),
+                b"\0",
+                pid_ns.as_os_str().as_encoded_bytes(),
+            ]))
         })
         .clone()
 }
@@ -586,23 +585,33 @@ pub fn this_machine() -> Option<String> {
 /// This machine and boot, for [`LockInfo::boot`]; `None` without a
 /// machine id or a boot id.
 pub fn this_boot() -> Option<BootId> {
-    use sha2::{Digest, Sha256};
     static BOOT: std::sync::OnceLock<Option<BootId>> = std::sync::OnceLock::new();
-    let digest = |what: &[u8], text: &str| {
-        let mut d = Sha256::new();
-        d.update(what);
-        d.update(text.trim().as_bytes());
-        hex::encode(&d.finalize()[..8])
-    };
     BOOT.get_or_init(|| {
-        let machine = std::fs::read_to_string("/etc/machine-id").ok()?;
-        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-        (!machine.trim().is_empty()).then(|| BootId {
-            machine: digest(b"synback machine\0", &machine),
-            boot: digest(b"synback boot\0", &boot),
+        let machine = read_trimmed("/etc/machine-id").filter(|m| !m.is_empty())?;
+        let boot = read_trimmed("/proc/sys/kernel/random/boot_id")?;
+        Some(BootId {
+            machine: short_digest(&[b"synback machine\0", machine.as_bytes()]),
+            boot: short_digest(&[b"synback boot\0", boot.as_bytes()]),
         })
     })
     .clone()
+}
+
+/// The first 8 bytes of the SHA-256 of `parts`, in hex: enough to tell
+/// machines apart, nothing to read them back from.
+fn short_digest(parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for part in parts {
+        digest.update(part);
+    }
+    hex::encode(&digest.finalize()[..8])
+}
+
+fn read_trimmed(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_owned())
 }
 
 /// This machine's host name, from the kernel; `unknown` when unavailable.

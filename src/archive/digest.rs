@@ -24,10 +24,9 @@ use sha2::{Digest, Sha256};
 
 /// Bytes handed to the lanes at once (a volume's end hands over the rest).
 const BATCH: usize = 1 << 20;
-/// Batches in flight to each hashing thread: 2 MiB, the slack the lanes
-/// had before batching (16 writes of 128 KiB); 4 cost 2 MiB more of peak
-/// RSS and gained nothing measurable.
-const IN_FLIGHT: usize = 2;
+/// Batches in flight to each hashing thread: enough that a lane briefly
+/// descheduled does not stall the packer, few enough to keep memory small.
+const IN_FLIGHT: usize = 4;
 
 enum Msg {
     Data(Arc<Vec<u8>>),

@@ -8,11 +8,6 @@
 //! slowest stage of the pipeline. Split, the stage runs at MD5's speed and
 //! the two cores of a small machine both have work. Chunks are shared
 //! between the threads, not copied.
-//!
-//! Bytes are gathered into batches of [`BATCH`] before they are handed
-//! over: zstd writes ~128 KiB at a time, and a hand-over per write woke
-//! each lane four thousand times per 0.5 GB, each wake a system call for
-//! the packing thread and, on a virtual machine, a halted vCPU to rouse.
 
 use std::io;
 use std::sync::Arc;
@@ -22,11 +17,8 @@ use std::thread::JoinHandle;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 
-/// Bytes handed to the lanes at once (a volume's end hands over the rest).
-const BATCH: usize = 1 << 20;
-/// Batches in flight to each hashing thread: enough that a lane briefly
-/// descheduled does not stall the packer, few enough to keep memory small.
-const IN_FLIGHT: usize = 4;
+/// Chunks in flight to each hashing thread (zstd hands out ~128 KiB chunks).
+const IN_FLIGHT: usize = 16;
 
 enum Msg {
     Data(Arc<Vec<u8>>),
@@ -185,8 +177,6 @@ pub(crate) struct Digester {
     sha256: Lane,
     /// Chunks the lanes are done with; a chunk is reused once both are.
     spare: Receiver<Arc<Vec<u8>>>,
-    /// Bytes not yet handed over, up to [`BATCH`].
-    pending: Vec<u8>,
 }
 
 impl Digester {
@@ -196,7 +186,6 @@ impl Digester {
             md5: Lane::start("synback-md5", VolumeMd5::default(), spare_tx.clone())?,
             sha256: Lane::start("synback-sha256", VolumeAndTotalSha256::default(), spare_tx)?,
             spare,
-            pending: Vec::new(),
         })
     }
 
@@ -210,37 +199,17 @@ impl Digester {
     }
 
     /// Hashes the next bytes of the stream (copied; the caller keeps `data`).
-    pub(crate) fn update(&mut self, mut data: &[u8]) -> io::Result<()> {
-        while !data.is_empty() {
-            if self.pending.capacity() == 0 {
-                self.pending = self.spare_buffer();
-                self.pending.clear();
-                self.pending.reserve_exact(BATCH);
-            }
-            let n = (BATCH - self.pending.len()).min(data.len());
-            let (now, rest) = data.split_at(n);
-            self.pending.extend_from_slice(now);
-            data = rest;
-            if self.pending.len() >= BATCH {
-                self.hand_over()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends the pending bytes to both lanes.
-    fn hand_over(&mut self) -> io::Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let chunk = Arc::new(std::mem::take(&mut self.pending));
+    pub(crate) fn update(&mut self, data: &[u8]) -> io::Result<()> {
+        let mut buf = self.spare_buffer();
+        buf.clear();
+        buf.extend_from_slice(data);
+        let chunk = Arc::new(buf);
         self.md5.send(Msg::Data(Arc::clone(&chunk)))?;
         self.sha256.send(Msg::Data(chunk))
     }
 
     /// The digests of the volume that just ended.
     pub(crate) fn end_volume(&mut self) -> io::Result<VolumeDigests> {
-        self.hand_over()?;
         self.md5.send(Msg::EndVolume)?;
         let sha256 = self.sha256.ask(Msg::EndVolume)?;
         let md5 = self.md5.answer()?;
@@ -249,7 +218,6 @@ impl Digester {
 
     /// The SHA-256 of the whole stream.
     pub(crate) fn finish(mut self) -> io::Result<String> {
-        self.hand_over()?;
         self.md5.stop();
         let total = self.sha256.ask(Msg::Finish)?.ok_or_else(stopped)?;
         self.sha256.stop();

@@ -860,7 +860,7 @@ async fn forget_in(
             let lock = Lock::acquire(target, info, &opts.lock, now)
                 .await
                 .map_err(backup::Error::from)?;
-            let outcome = backup::rotate(target, opts, now).await;
+            let outcome = backup::rotate(target, opts, now, backup::Rotation::Full).await;
             if let Err(err) = lock.release(target).await {
                 tracing::warn!(cause = %err, "could not release the lock");
             }

@@ -146,6 +146,10 @@ pub struct BackupReport {
     /// Why retention and cleanup were not applied this time, if they were
     /// not: the snapshot itself is stored; the next run tries again.
     pub retention_error: Option<String>,
+    /// Why no snapshot was forgotten although retention was due: the run
+    /// was partial (see [`retention_held_back`]). Stale partials were
+    /// still cleaned up.
+    pub retention_held: Option<String>,
     /// Wall-clock duration of the run.
     #[serde(with = "duration_secs")]
     pub duration: Duration,
@@ -497,6 +501,7 @@ async fn transfer_and_commit(
         forgotten: Vec::new(),
         cleaned: Vec::new(),
         retention_error: None,
+        retention_held: None,
         duration: Duration::ZERO,
     })
 }
@@ -752,7 +757,15 @@ async fn finish(
     now: DateTime<Utc>,
 ) -> Result<BackupReport, Error> {
     events.event(Event::Phase(Phase::Rotating));
-    match rotate(target.as_ref(), opts, now).await {
+    let rotation = match retention_held_back(&report) {
+        Some(why) => {
+            warn!(reason = %why, "no snapshot forgotten after this run");
+            report.retention_held = Some(why);
+            Rotation::CleanupOnly
+        }
+        None => Rotation::Full,
+    };
+    match rotate(target.as_ref(), opts, now, rotation).await {
         Ok((decisions, forgotten, cleaned)) => {
             report.retention = decisions;
             report.forgotten = forgotten;
@@ -766,12 +779,41 @@ async fn finish(
     Ok(report)
 }
 
+/// Why a run must not forget snapshots, if it must not: a partial run.
+///
+/// A snapshot that misses files (unreadable, or changed while read) counts
+/// as one under `keep_last` and the periods like any other, so each night
+/// that fails the same way would push out one more snapshot that holds
+/// those files. Until a run reads everything again, none is forgotten; the
+/// summary says so each time, and `synback forget` applies the policy by
+/// hand when the loss is understood.
+pub fn retention_held_back(report: &BackupReport) -> Option<String> {
+    if report.status != RunStatus::Partial {
+        return None;
+    }
+    Some(format!(
+        "the snapshot is partial ({} file(s) not saved as they were); earlier \
+         snapshots are kept until a run saves everything (or run `synback forget`)",
+        report.issues.len()
+    ))
+}
+
+/// How much of the rotation [`rotate`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// Forget snapshots by the policy and remove stale partials.
+    Full,
+    /// Only remove stale partials (after a partial run).
+    CleanupOnly,
+}
+
 /// What [`rotate`] decided and did: decisions, snapshots deleted, stale
 /// partials removed.
 pub type RotateOutcome = (Vec<Decision>, Vec<String>, Vec<String>);
 
-/// Applies the retention policy to the complete snapshots in `target` and
-/// removes partial uploads older than a day. Only names that parse as this
+/// Applies the retention policy to the complete snapshots in `target`
+/// (unless `rotation` is [`Rotation::CleanupOnly`]) and removes partial
+/// uploads older than a day. Only names that parse as this
 /// job's files are ever deleted; the newest complete snapshot is always kept.
 ///
 /// # Errors
@@ -780,9 +822,15 @@ pub async fn rotate(
     target: &dyn Target,
     opts: &BackupOptions,
     now: DateTime<Utc>,
+    rotation: Rotation,
 ) -> Result<RotateOutcome, target::Error> {
     let listing = Listing::classify(&opts.job, target.list().await?);
-    let decisions = retention::apply(&listing.candidates(), &opts.retention, now, opts.timezone);
+    let decisions = match rotation {
+        Rotation::Full => {
+            retention::apply(&listing.candidates(), &opts.retention, now, opts.timezone)
+        }
+        Rotation::CleanupOnly => Vec::new(),
+    };
     let mut forgotten = Vec::new();
     for decision in decisions.iter().filter(|d| !d.keep) {
         let Some(snapshot) = listing

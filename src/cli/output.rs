@@ -224,6 +224,9 @@ pub fn print_backup(printer: &Printer, job: &str, report: &BackupReport) {
     if !report.cleaned.is_empty() {
         println!("  stale partial uploads removed: {}", report.cleaned.len());
     }
+    if let Some(why) = &report.retention_held {
+        println!("  retention held back: {why}");
+    }
     if let Some(err) = &report.retention_error {
         println!("  retention not applied this time (the next run tries again): {err}");
     }

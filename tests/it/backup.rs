@@ -417,6 +417,63 @@ async fn forget_lists_its_cleanup_when_dry_and_keeps_out_of_a_running_backup() {
     assert!(!world.remote_names().iter().any(|n| n == ".lock"));
 }
 
+/// A partial run (here: a source even root cannot read) forgets nothing,
+/// so that nights failing the same way do not push out the snapshots that
+/// hold everything; the next complete run applies the policy again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_run_forgets_no_snapshot_until_a_run_saves_everything() {
+    use synback::backup::RunStatus;
+    use synback::repo::target::Target;
+
+    // A write-only sysfs attribute: open() fails with EACCES, even for root.
+    let unreadable = std::path::Path::new("/sys/bus/pci/rescan");
+    if std::fs::File::open(unreadable).is_ok() || !unreadable.exists() {
+        eprintln!("SKIPPED: no unreadable sysfs attribute here");
+        return;
+    }
+    let mut fixture = FlakyRun::new(|opts, _| opts.retention.keep_last = Some(1));
+    let start = chrono::Utc::now();
+    let at = |secs| start + chrono::TimeDelta::seconds(secs);
+    let good = fixture.run(at(0)).await.unwrap();
+    assert_eq!(good.status, RunStatus::Ok);
+    let complete_sources = fixture.opts.pack.sources.clone();
+    fixture.opts.pack.sources.push(unreadable.to_path_buf());
+    let mut partial = Vec::new();
+    for secs in [5, 10] {
+        let report = fixture.run(at(secs)).await.unwrap();
+        assert_eq!(report.status, RunStatus::Partial);
+        assert!(report.forgotten.is_empty(), "{:?}", report.forgotten);
+        let why = report.retention_held.as_deref().unwrap_or_default();
+        assert!(
+            why.contains("partial") && why.contains("synback forget"),
+            "{why}"
+        );
+        partial.push(report.snapshot);
+    }
+    let job = synback::repo::layout::JobName::new("home").unwrap();
+    let listed = |names| -> Vec<String> {
+        let listing = synback::repo::listing::Listing::classify(&job, names);
+        listing.snapshots.iter().map(|s| s.id.to_string()).collect()
+    };
+    let names = fixture.target.list().await.unwrap();
+    assert_eq!(
+        listed(names),
+        [
+            good.snapshot.clone(),
+            partial[0].clone(),
+            partial[1].clone()
+        ]
+    );
+    // Everything is read again: the policy applies.
+    fixture.opts.pack.sources = complete_sources;
+    let complete = fixture.run(at(15)).await.unwrap();
+    assert_eq!(complete.status, RunStatus::Ok);
+    assert_eq!(complete.retention_held, None);
+    assert_eq!(complete.forgotten.len(), 3, "{:?}", complete.forgotten);
+    let names = fixture.target.list().await.unwrap();
+    assert_eq!(listed(names), [complete.snapshot]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_needed_only_to_read_and_a_wrong_one_is_told_at_once() {
     use age::secrecy::ExposeSecret;

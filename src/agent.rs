@@ -277,7 +277,7 @@ fn restore_exit_code(err: &restore::Error) -> u8 {
     match err {
         restore::Error::Corrupt { .. } | restore::Error::MissingVolume { .. } => exit::VERIFY,
         restore::Error::Download { .. } => exit::UNREACHABLE,
-        restore::Error::NoSnapshot { .. } => exit::USAGE,
+        restore::Error::NoSnapshot { .. } | restore::Error::FilesMismatch { .. } => exit::USAGE,
         _ => exit::FAILED,
     }
 }
@@ -682,7 +682,9 @@ impl Agent {
 }
 
 /// Restores volume files copied off the NAS by hand. A
-/// `<id>.manifest.json` among or beside the files is used to verify them.
+/// `<id>.manifest.json` among the files, or else beside the first one, is
+/// used to put them in order and verify them (see
+/// [`restore::restore_from_files`]).
 ///
 /// # Errors
 /// See [`Error`].
@@ -700,11 +702,34 @@ pub async fn restore_from_files(
         .iter()
         .cloned()
         .partition(|p| p.to_string_lossy().ends_with(layout::MANIFEST_SUFFIX));
-    let manifest = match manifest_files.first() {
-        Some(path) => Some(read_local_manifest(path)?),
-        None => None,
+    let manifest_file = manifest_files
+        .first()
+        .cloned()
+        .or_else(|| manifest_beside(&volumes));
+    let manifest = match manifest_file {
+        Some(path) => {
+            tracing::info!(manifest = %path.display(), "checking the volumes against their manifest");
+            Some(read_local_manifest(&path)?)
+        }
+        None => {
+            tracing::warn!(
+                "no manifest among or beside the volumes: they are restored unchecked, in the order given"
+            );
+            None
+        }
     };
     Ok(restore::restore_from_files(&volumes, manifest.as_ref(), &opts, cancel).await?)
+}
+
+/// `<id>.manifest.json` in the folder of the first volume, when that
+/// volume is named like one of ours (`<id>.tar.zst…`) and the file exists:
+/// copying a snapshot's folder by hand copies its manifest too.
+fn manifest_beside(volumes: &[PathBuf]) -> Option<PathBuf> {
+    let first = volumes.first()?;
+    let name = first.file_name()?.to_str()?;
+    let id = &name[..name.rfind(layout::ARCHIVE_SUFFIX)?];
+    let path = first.with_file_name(format!("{id}{}", layout::MANIFEST_SUFFIX));
+    path.is_file().then_some(path)
 }
 
 fn read_local_manifest(path: &Path) -> Result<Manifest, Error> {

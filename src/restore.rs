@@ -155,6 +155,17 @@ pub enum Error {
         /// The snapshot.
         snapshot: String,
     },
+    /// The files given with `--from-file` are not the volumes the manifest
+    /// lists.
+    #[error(
+        "the files given are not the volumes of {snapshot}: {what}; give every volume its manifest lists, and nothing else"
+    )]
+    FilesMismatch {
+        /// The snapshot of the manifest.
+        snapshot: String,
+        /// What is missing or extra.
+        what: String,
+    },
     /// Decrypting, decompressing or extracting failed.
     #[error(transparent)]
     Archive(Box<archive::Error>),
@@ -275,11 +286,14 @@ pub async fn restore(
     Ok(report)
 }
 
-/// Restores volumes copied off the NAS by hand (in order). When a manifest
-/// is given, each volume is checked against it first.
+/// Restores volumes copied off the NAS by hand. Without a manifest they are
+/// read in the order given. With one, they are put in its order (by file
+/// name, or as given when they were renamed) and each is checked against
+/// it before anything is extracted.
 ///
 /// # Errors
-/// See [`Error`].
+/// [`Error::FilesMismatch`] when the files are not the manifest's volumes;
+/// [`Error::Corrupt`] when one's bytes differ; else see [`Error`].
 pub async fn restore_from_files(
     files: &[PathBuf],
     manifest: Option<&Manifest>,
@@ -287,13 +301,19 @@ pub async fn restore_from_files(
     cancel: CancellationToken,
 ) -> Result<RestoreReport, Error> {
     let started = Instant::now();
-    if let Some(manifest) = manifest {
-        check_keys(manifest, &opts.keys)?;
-        for (path, volume) in files.iter().zip(&manifest.volumes) {
-            let digest = sha256_file(path.clone()).await?;
-            check_digest(&volume.name, volume, digest)?;
+    let ordered;
+    let files = match manifest {
+        Some(manifest) => {
+            check_keys(manifest, &opts.keys)?;
+            ordered = in_manifest_order(files, manifest)?;
+            for (path, volume) in ordered.iter().zip(&manifest.volumes) {
+                let digest = sha256_file(path.clone()).await?;
+                check_digest(&volume.name, volume, digest)?;
+            }
+            &ordered[..]
         }
-    }
+        None => files,
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(files.len().max(1));
     for path in files {
         let _ = tx.try_send(Ok(Volume::Local(path.clone())));
@@ -303,6 +323,55 @@ pub async fn restore_from_files(
     report.snapshot = manifest.map(|m| m.snapshot.clone()).unwrap_or_default();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// `files` in the order of `manifest`'s volumes. Files named as the volumes
+/// are matched by name; files renamed by hand are taken in the order given,
+/// if there are as many as the volumes. Anything else is
+/// [`Error::FilesMismatch`], before a byte is read.
+fn in_manifest_order(files: &[PathBuf], manifest: &Manifest) -> Result<Vec<PathBuf>, Error> {
+    let named = |name: &str| {
+        files
+            .iter()
+            .find(|f| f.file_name().is_some_and(|n| n == name))
+    };
+    let mismatch = |what: String| Error::FilesMismatch {
+        snapshot: manifest.snapshot.clone(),
+        what,
+    };
+    let by_name: Vec<Option<&PathBuf>> = manifest.volumes.iter().map(|v| named(&v.name)).collect();
+    if by_name.iter().all(Option::is_none) {
+        if files.len() != manifest.volumes.len() {
+            return Err(mismatch(format!(
+                "{} file(s) for {} volume(s)",
+                files.len(),
+                manifest.volumes.len()
+            )));
+        }
+        return Ok(files.to_vec());
+    }
+    let missing: Vec<&str> = manifest
+        .volumes
+        .iter()
+        .zip(&by_name)
+        .filter(|(_, file)| file.is_none())
+        .map(|(v, _)| v.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(mismatch(format!("missing {}", missing.join(", "))));
+    }
+    let extra: Vec<String> = files
+        .iter()
+        .filter(|f| !by_name.contains(&Some(*f)))
+        .map(|f| f.display().to_string())
+        .collect();
+    if !extra.is_empty() {
+        return Err(mismatch(format!(
+            "not one of its volumes: {}",
+            extra.join(", ")
+        )));
+    }
+    Ok(by_name.into_iter().flatten().cloned().collect())
 }
 
 /// What a deep verification found.

@@ -205,6 +205,47 @@ async fn volumes_copied_by_hand_restore_with_and_without_synback() {
     let diffs = tree_diff(&world.source, &target.join("data"), &skip_tmp);
     assert!(diffs.is_empty(), "{diffs:#?}");
 
+    // Only the volumes, out of order: the manifest beside them is found,
+    // puts them in order and checks them.
+    files.pop();
+    let mut volumes = files.clone();
+    volumes.reverse();
+    let target = world.restore_dir("from-file-shuffled");
+    let restored = synback::agent::restore_from_files(&volumes, into(&target), None, cancel())
+        .await
+        .unwrap();
+    assert_eq!(restored.snapshot, report.snapshot);
+    let diffs = tree_diff(&world.source, &target.join("data"), &skip_tmp);
+    assert!(diffs.is_empty(), "{diffs:#?}");
+    // A volume left out, or a stranger added: told before a byte is read.
+    let missing = &report.volumes[1].name;
+    let short: Vec<_> = files
+        .iter()
+        .filter(|f| !f.ends_with(missing))
+        .cloned()
+        .collect();
+    let target = world.restore_dir("from-file-short");
+    let err = synback::agent::restore_from_files(&short, into(&target), None, cancel())
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+    assert!(
+        err.to_string().contains(&format!("missing {missing}")),
+        "{err}"
+    );
+    assert!(!target.join("data").exists());
+    let stranger = world.restore_dir("other.tar.zst");
+    std::fs::write(&stranger, b"not ours").unwrap();
+    let mut extra = files.clone();
+    extra.push(stranger.clone());
+    let err = synback::agent::restore_from_files(&extra, into(&target), None, cancel())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(&stranger.display().to_string()),
+        "{err}"
+    );
+
     // The README's recipe, with the real tools.
     if Command::new("zstd").arg("--version").output().is_err() {
         assert!(std::env::var("CI").is_err(), "zstd must be installed in CI");

@@ -301,6 +301,12 @@ pub async fn restore_from_files(
     cancel: CancellationToken,
 ) -> Result<RestoreReport, Error> {
     let started = Instant::now();
+    for path in files {
+        std::fs::metadata(path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+    }
     let ordered;
     let files = match manifest {
         Some(manifest) => {

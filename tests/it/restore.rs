@@ -247,9 +247,14 @@ async fn volumes_copied_by_hand_restore_with_and_without_synback() {
     );
     // A file that is not there is named, not "cannot read archive input".
     let gone = world.restore_dir("gone.tar.zst");
-    let err = synback::agent::restore_from_files(&[gone.clone()], into(&target), None, cancel())
-        .await
-        .unwrap_err();
+    let err = synback::agent::restore_from_files(
+        std::slice::from_ref(&gone),
+        into(&target),
+        None,
+        cancel(),
+    )
+    .await
+    .unwrap_err();
     assert!(
         err.to_string().contains(&gone.display().to_string()),
         "{err}"

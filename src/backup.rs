@@ -147,8 +147,8 @@ pub struct BackupReport {
     /// not: the snapshot itself is stored; the next run tries again.
     pub retention_error: Option<String>,
     /// Why no snapshot was forgotten although retention was due: the run
-    /// was partial (see [`retention_held_back`]). Stale partials were
-    /// still cleaned up.
+    /// was partial, and a partial snapshot must not push out the ones that
+    /// hold what it misses. Stale partials were still cleaned up.
     pub retention_held: Option<String>,
     /// Wall-clock duration of the run.
     #[serde(with = "duration_secs")]
@@ -787,7 +787,7 @@ async fn finish(
 /// those files. Until a run reads everything again, none is forgotten; the
 /// summary says so each time, and `synback forget` applies the policy by
 /// hand when the loss is understood.
-pub fn retention_held_back(report: &BackupReport) -> Option<String> {
+fn retention_held_back(report: &BackupReport) -> Option<String> {
     if report.status != RunStatus::Partial {
         return None;
     }
